@@ -1,0 +1,233 @@
+//! One WebSocket connection: read frames, apply them to the registry, write
+//! what the registry queues for us, and keep the heartbeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use ferry_protocol::{
+    ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerId, ProtocolError, RoomCode, ServerMessage,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::rooms::Outbound;
+use crate::{AppState, Error};
+
+/// Frames queued for one connection before it counts as not keeping up.
+const OUTBOUND_QUEUE: usize = 64;
+
+/// Missed heartbeat intervals after which a connection is dropped.
+const HEARTBEAT_MISSES: u32 = 3;
+
+struct Membership {
+    room: RoomCode,
+    id: PeerId,
+}
+
+/// What to do with the connection after handling a frame.
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
+    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let mut membership: Option<Membership> = None;
+    let heartbeat = state.config.heartbeat;
+    let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let dead_after = heartbeat * HEARTBEAT_MISSES;
+
+    loop {
+        let flow = tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(msg)) => {
+                    last_seen = Instant::now();
+                    match handle_message(msg, &state, &tx, &mut membership) {
+                        Some(replies) => send_all(&mut socket, replies).await,
+                        None => Flow::Close,
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    Flow::Close
+                }
+                None => Flow::Close,
+            },
+            Some(Outbound::Frame(frame)) = rx.recv() => send_all(&mut socket, vec![frame]).await,
+            _ = ticker.tick() => {
+                if last_seen.elapsed() >= dead_after {
+                    tracing::info!(peer = ?membership.as_ref().map(|m| m.id.to_string()), "heartbeat lapsed; dropping connection");
+                    Flow::Close
+                } else if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                }
+            }
+        };
+        if let Flow::Close = flow {
+            break;
+        }
+    }
+    if let Some(m) = membership.take() {
+        state.rooms.leave(&m.room, &m.id);
+        tracing::info!(room = %m.room, peer = %m.id, "peer left");
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: Utf8Bytes::from_static("bye"),
+        })))
+        .await;
+    // Give the close frame a moment to flush without holding the task forever.
+    let _ = tokio::time::timeout(Duration::from_millis(200), socket.recv()).await;
+}
+
+async fn send_all(socket: &mut WebSocket, frames: Vec<ServerMessage>) -> Flow {
+    let mut flow = Flow::Continue;
+    for frame in frames {
+        if let ServerMessage::Error { code, .. } = &frame {
+            if code.is_fatal() {
+                flow = Flow::Close;
+            }
+        }
+        if socket.send(Message::Text(frame.encode().into())).await.is_err() {
+            return Flow::Close;
+        }
+    }
+    flow
+}
+
+fn error_frame(err: &Error) -> ServerMessage {
+    let code = match err {
+        Error::Protocol(p) => p.code(),
+        Error::RoomFull(_) => ErrorCode::RoomFull,
+        Error::UnknownPeer(_) => ErrorCode::UnknownPeer,
+        Error::RecipientBusy(_) | Error::Io(_) => ErrorCode::ServerError,
+    };
+    // A busy recipient is not fatal for the sender.
+    let code = if matches!(err, Error::RecipientBusy(_)) {
+        ErrorCode::UnknownPeer
+    } else {
+        code
+    };
+    ServerMessage::error(code, err.to_string())
+}
+
+/// Applies one frame and returns the frames to send back on this connection,
+/// or `None` when the peer asked to leave.
+fn handle_message(
+    msg: Message,
+    state: &AppState,
+    tx: &mpsc::Sender<Outbound>,
+    membership: &mut Option<Membership>,
+) -> Option<Vec<ServerMessage>> {
+    let mut leave = false;
+    let frames = handle_frame(msg, state, tx, membership, &mut leave);
+    (!leave).then_some(frames)
+}
+
+fn handle_frame(
+    msg: Message,
+    state: &AppState,
+    tx: &mpsc::Sender<Outbound>,
+    membership: &mut Option<Membership>,
+    leave: &mut bool,
+) -> Vec<ServerMessage> {
+    let text = match msg {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
+            return vec![ServerMessage::error(
+                ErrorCode::Malformed,
+                "binary frames are not part of the protocol; send JSON text",
+            )];
+        }
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Vec::new(),
+    };
+    if text.len() > state.config.max_frame_bytes {
+        let err = Error::Protocol(ProtocolError::FrameTooLarge {
+            size: text.len(),
+            limit: state.config.max_frame_bytes,
+        });
+        return vec![error_frame(&err)];
+    }
+    let parsed = match ClientMessage::decode(text.as_str()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "rejected frame");
+            return vec![error_frame(&Error::Protocol(e))];
+        }
+    };
+    match parsed {
+        ClientMessage::Join {
+            version,
+            room,
+            name,
+            rejoin_as,
+        } => {
+            if membership.is_some() {
+                return vec![ServerMessage::error(
+                    ErrorCode::AlreadyJoined,
+                    "this connection has already joined a room; open a new connection to join another",
+                )];
+            }
+            if version != PROTOCOL_VERSION {
+                return vec![ServerMessage::error(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "protocol version {version} is not supported; this server speaks version {PROTOCOL_VERSION}. Reload the page to get the current app."
+                    ),
+                )];
+            }
+            match state.rooms.join(&room, name, rejoin_as, tx.clone()) {
+                Ok((peer_id, peers)) => {
+                    tracing::info!(room = %room, peer = %peer_id, others = peers.len(), "peer joined");
+                    *membership = Some(Membership {
+                        room: room.clone(),
+                        id: peer_id.clone(),
+                    });
+                    vec![ServerMessage::Joined {
+                        version: PROTOCOL_VERSION,
+                        room,
+                        peer_id,
+                        peers,
+                        heartbeat_ms: u32::try_from(state.config.heartbeat.as_millis())
+                            .unwrap_or(u32::MAX),
+                    }]
+                }
+                Err(e) => vec![error_frame(&e)],
+            }
+        }
+        ClientMessage::Signal { to, signal } => {
+            let Some(m) = membership.as_ref() else {
+                return vec![ServerMessage::error(
+                    ErrorCode::NotJoined,
+                    "send join before anything else",
+                )];
+            };
+            if to == m.id {
+                return vec![error_frame(&Error::UnknownPeer(to))];
+            }
+            let frame = ServerMessage::Signal {
+                from: m.id.clone(),
+                signal,
+            };
+            match state.rooms.relay(&m.room, &to, frame) {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![error_frame(&e)],
+            }
+        }
+        ClientMessage::Leave => {
+            // The room is told when the connection task cleans up.
+            *leave = true;
+            Vec::new()
+        }
+        _ => vec![ServerMessage::error(
+            ErrorCode::Malformed,
+            "message type not supported by this server",
+        )],
+    }
+}

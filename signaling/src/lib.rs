@@ -1,0 +1,155 @@
+//! The Ferry signaling server.
+//!
+//! # Design
+//!
+//! The server is used **only for introductions**. A peer opens a WebSocket
+//! at `/ws`, sends `join` with a room code, and the server answers `joined`
+//! with a fresh peer id and the members already there. From then on the
+//! server relays `signal` frames (SDP offers and answers, ICE candidates)
+//! between members of the same room, and announces arrivals and departures.
+//! No file, chat or media byte ever passes through it: those travel on
+//! WebRTC between the peers.
+//!
+//! [`app`] builds the whole service as an axum [`Router`], separate from
+//! `main`, so tests can serve it on port 0. Each WebSocket is one task that
+//! owns its socket and a bounded outbound queue; the [`RoomRegistry`] maps
+//! rooms to those queues under one short-held mutex. Bad input never panics
+//! and never affects other connections: it gets an `error` frame with a
+//! stable code (see [`ferry_protocol::ErrorCode`]), and only errors that make
+//! the connection useless close it. Heartbeats (WebSocket pings, which
+//! browsers answer by themselves) drop dead connections within
+//! `3 × heartbeat`, and the room is told `peer_left`.
+//!
+//! The same server also serves the web app (`www/` with the built wasm in
+//! `www/pkg/`) and `/healthz`.
+#![forbid(unsafe_code)]
+
+mod connection;
+mod rooms;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use ferry_protocol::{PeerId, ProtocolError};
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::rooms::RoomRegistry;
+
+/// Everything that can go wrong in the server, from a peer's frame to the
+/// listener.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A frame broke the protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The room already has the maximum number of members.
+    #[error("the room is full ({0} peers at most)")]
+    RoomFull(usize),
+    /// A signal named a peer that is not in the sender's room.
+    #[error("no peer {0} in this room")]
+    UnknownPeer(PeerId),
+    /// The recipient's outbound queue is full; it is not keeping up.
+    #[error("peer {0} is not keeping up; try again")]
+    RecipientBusy(PeerId),
+    /// Binding or serving the listener failed.
+    #[error("server I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Server settings. [`Config::default`] is the embedded default: listen on
+/// `127.0.0.1:8080`, serve `www/` from the source tree, rooms of 8.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder with `index.html` and the built wasm under `pkg/`.
+    pub web_root: PathBuf,
+    /// Most members a room may hold.
+    pub max_room_size: usize,
+    /// Interval between heartbeat pings; a connection silent for three
+    /// intervals is dropped.
+    pub heartbeat: Duration,
+    /// Largest text frame accepted, in bytes; larger ones get `frame_too_large`.
+    pub max_frame_bytes: usize,
+}
+
+/// The source tree's `www/` folder, used when no web root is configured.
+pub const DEFAULT_WEB_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../www");
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            web_root: PathBuf::from(DEFAULT_WEB_ROOT),
+            max_room_size: 8,
+            heartbeat: Duration::from_secs(5),
+            max_frame_bytes: ferry_protocol::MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Shared state of one server.
+pub(crate) struct AppState {
+    config: Config,
+    rooms: RoomRegistry,
+}
+
+/// Builds the service: `/ws` for signaling, `/healthz`, and the web app.
+pub fn app(config: Config) -> Router {
+    let serve_dir = ServeDir::new(&config.web_root).append_index_html_on_directories(true);
+    let state = Arc::new(AppState {
+        rooms: RoomRegistry::new(config.max_room_size),
+        config,
+    });
+    Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/healthz", get(healthz))
+        .fallback_service(serve_dir)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        ))
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    axum::serve(listener, app(config))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    format!(
+        "ok rooms={} peers={}\n",
+        state.rooms.room_count(),
+        state.rooms.member_count()
+    )
+}
+
+/// Hard cap enforced by the WebSocket layer itself. Frames between
+/// `max_frame_bytes` and this size get a `frame_too_large` error frame;
+/// beyond it the connection is closed with status 1009.
+const HARD_MESSAGE_CAP: usize = 1024 * 1024;
+
+async fn ws_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    ws.max_message_size(HARD_MESSAGE_CAP)
+        .max_frame_size(HARD_MESSAGE_CAP)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| connection::run(socket, state))
+}
