@@ -1,0 +1,328 @@
+//! Harness for Ferry's end-to-end tests and benchmarks.
+//!
+//! # Design
+//!
+//! Everything here is a real part started by the test itself: the
+//! `ferry-signaling` binary on a loopback port ([`Server`]), and headless
+//! Debian Chromium driven through `chromedriver` ([`Browser`], [`Page`]).
+//! Each [`Page`] is its own WebDriver session, hence its own Chromium
+//! process with a fresh profile, like a separate person's browser.
+//!
+//! Tests are expected to run inside a network namespace with only loopback
+//! (`cargo xtask test` arranges it), so the Chromium flags below enable
+//! loopback ICE candidates and disable mDNS host-name obfuscation.
+//! Assertions read the page the way a user would: through the DOM that the
+//! app renders, with `data-*` attributes as stable hooks.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// Chromium flags for WebRTC on a loopback-only machine.
+pub const CHROMIUM_ARGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--allow-loopback-in-peer-connection",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--window-size=1280,900",
+];
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn signaling_bin() -> PathBuf {
+    std::env::var_os("FERRY_SIGNALING_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/ferry-signaling"))
+        })
+}
+
+/// A `ferry-signaling` process on a loopback port.
+pub struct Server {
+    child: Option<Child>,
+    /// The port it listens on.
+    pub port: u16,
+    heartbeat_ms: u64,
+}
+
+impl Server {
+    /// Starts the server on a free port.
+    pub async fn start(heartbeat_ms: u64) -> Result<Self> {
+        Self::start_on(free_port()?, heartbeat_ms).await
+    }
+
+    /// Starts the server on `port` and waits until `/healthz` answers.
+    pub async fn start_on(port: u16, heartbeat_ms: u64) -> Result<Self> {
+        let bin = signaling_bin();
+        let child = Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}; build it with `cargo build -p ferry-signaling`", bin.display()))?;
+        let server = Self {
+            child: Some(child),
+            port,
+            heartbeat_ms,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if server.healthz().await.is_ok() {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!("signaling server did not come up on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The page URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// The heartbeat interval the server runs with.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// Fetches `/healthz`.
+    pub async fn healthz(&self) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        if !body.starts_with("HTTP/1.1 200") {
+            bail!("unexpected answer: {body}");
+        }
+        Ok(body)
+    }
+
+    /// Kills the server process.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A `chromedriver` process; each [`Page`] is one Chromium it starts.
+pub struct Browser {
+    _driver: Child,
+    port: u16,
+    binary: String,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free port.
+    pub async fn start() -> Result<Self> {
+        let port = free_port()?;
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start chromedriver; install Debian's chromium-driver (cargo xtask setup)")?;
+        let binary = std::process::Command::new("sh")
+            .args(["-c", "command -v chromium"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "/usr/bin/chromium".into());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("chromedriver did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            _driver: driver,
+            port,
+            binary,
+        })
+    }
+
+    /// Opens a new Chromium with its own profile.
+    pub async fn page(&self) -> Result<Page> {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": self.binary, "args": CHROMIUM_ARGS }),
+        );
+        let client = ClientBuilder::native()
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .context("cannot start a Chromium session")?;
+        Ok(Page { client })
+    }
+}
+
+/// One browser tab showing the Ferry page.
+pub struct Page {
+    /// The WebDriver session.
+    pub client: Client,
+}
+
+fn testid(id: &str) -> String {
+    format!("[data-testid='{id}']")
+}
+
+impl Page {
+    /// Navigates and waits until the app has started.
+    pub async fn open(&self, url: &str) -> Result<()> {
+        self.client.goto(url).await?;
+        self.wait_for("document.getElementById('name') && document.getElementById('name').value !== ''", Duration::from_secs(20))
+            .await
+            .context("the app did not start (wasm failed to load?)")?;
+        Ok(())
+    }
+
+    /// Clicks the element with this `data-testid`.
+    pub async fn click(&self, id: &str) -> Result<()> {
+        self.client
+            .find(Locator::Css(&testid(id)))
+            .await?
+            .click()
+            .await
+            .with_context(|| format!("cannot click {id}"))?;
+        Ok(())
+    }
+
+    /// Types into the element with this `data-testid`.
+    pub async fn type_into(&self, id: &str, text: &str) -> Result<()> {
+        let el = self.client.find(Locator::Css(&testid(id))).await?;
+        el.clear().await?;
+        el.send_keys(text).await?;
+        Ok(())
+    }
+
+    /// Types a chat message and clicks Send, as a person would.
+    pub async fn send_chat(&self, text: &str) -> Result<()> {
+        self.type_into("chat-input", text).await?;
+        self.click("chat-send").await
+    }
+
+    /// Runs a script and returns its value.
+    pub async fn eval(&self, script: &str) -> Result<Value> {
+        Ok(self.client.execute(script, vec![]).await?)
+    }
+
+    /// Runs an async script (last argument is the callback).
+    pub async fn eval_async(&self, script: &str) -> Result<Value> {
+        Ok(self.client.execute_async(script, vec![]).await?)
+    }
+
+    /// Polls a JavaScript expression until it is truthy.
+    pub async fn wait_for(&self, expr: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let script = format!("return ({expr});");
+        loop {
+            let v = self.client.execute(&script, vec![]).await?;
+            let truthy = match &v {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if truthy {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for `{expr}`");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The room link shown on the page.
+    pub async fn room_link(&self) -> Result<String> {
+        let v = self
+            .wait_for("document.querySelector(\"[data-testid='room-link']\").value", Duration::from_secs(10))
+            .await?;
+        Ok(v.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Our peer id once joined.
+    pub async fn peer_id(&self) -> Result<String> {
+        let v = self
+            .wait_for("window.__ferry.client && window.__ferry.client.peerId", Duration::from_secs(15))
+            .await?;
+        Ok(v.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Waits until the page lists `n` peers, all shown as connected.
+    pub async fn wait_connected_peers(&self, n: usize, timeout: Duration) -> Result<()> {
+        self.wait_for(
+            &format!(
+                "(() => {{ const p = [...document.querySelectorAll('[data-testid=peers] li[data-peer-id]')]; return p.length === {n} && p.every(li => li.dataset.state === 'connected'); }})()"
+            ),
+            timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until a chat bubble with exactly `text` appears from someone else.
+    pub async fn wait_message(&self, text: &str, timeout: Duration) -> Result<()> {
+        let needle = serde_json::to_string(text)?;
+        self.wait_for(
+            &format!(
+                "[...document.querySelectorAll('[data-testid=messages] li.msg:not(.mine):not(.system) .bubble')].some(b => b.textContent === {needle})"
+            ),
+            timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The server status shown in the header (`joined`, `lost`, ...).
+    pub async fn server_state(&self) -> Result<String> {
+        let v = self
+            .eval("return document.querySelector(\"[data-testid='server-status']\").dataset.state")
+            .await?;
+        Ok(v.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Saves a screenshot as PNG.
+    pub async fn screenshot(&self, path: &str) -> Result<()> {
+        let png = self.client.screenshot().await?;
+        std::fs::write(path, png)?;
+        Ok(())
+    }
+
+    /// Closes the browser.
+    pub async fn close(self) -> Result<()> {
+        self.client.close().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! Browser end-to-end tests: real signaling server, real headless Chromium,
+//! run by `cargo xtask test` inside a loopback-only network namespace.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ferry_e2e::{Browser, Page, Server};
+
+const CONNECT: Duration = Duration::from_secs(20);
+const DELIVER: Duration = Duration::from_secs(10);
+
+/// Opens a page that creates a room through the UI and returns it with the link.
+async fn create_room(browser: &Browser, server: &Server) -> Result<(Page, String)> {
+    let page = browser.page().await?;
+    page.open(&server.url()).await?;
+    page.click("create-room").await?;
+    let link = page.room_link().await?;
+    page.peer_id().await?;
+    Ok((page, link))
+}
+
+async fn join_link(browser: &Browser, link: &str) -> Result<Page> {
+    let page = browser.page().await?;
+    page.open(link).await?;
+    Ok(page)
+}
+
+#[tokio::test]
+async fn two_pages_chat_both_ways_through_a_shared_link() -> Result<()> {
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let (a, link) = create_room(&browser, &server).await?;
+    assert!(link.contains('#'), "the room link carries the code: {link}");
+    let qr = a.eval("return document.querySelector('#qr svg') !== null").await?;
+    assert_eq!(qr, true, "a QR code is shown");
+    let b = join_link(&browser, &link).await?;
+    a.wait_connected_peers(1, CONNECT).await?;
+    b.wait_connected_peers(1, CONNECT).await?;
+    // The route badge shows the candidate type of the selected pair.
+    a.wait_for("document.querySelector('[data-peer-id]').dataset.route === 'host'", DELIVER)
+        .await?;
+
+    a.send_chat("hello from A").await?;
+    b.wait_message("hello from A", DELIVER).await?;
+    b.send_chat("and hello from B ✓").await?;
+    a.wait_message("and hello from B ✓", DELIVER).await?;
+    // The sender sees its own message too.
+    a.wait_for("[...document.querySelectorAll('li.msg.mine .bubble')].some(b => b.textContent === 'hello from A')", DELIVER)
+        .await?;
+    let _ = std::fs::create_dir_all("../target/e2e");
+    a.screenshot("../target/e2e/two-pages-a.png").await?;
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn three_pages_form_a_mesh_and_every_message_reaches_the_other_two() -> Result<()> {
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let (a, link) = create_room(&browser, &server).await?;
+    let b = join_link(&browser, &link).await?;
+    let c = join_link(&browser, &link).await?;
+    let pages = [&a, &b, &c];
+    for p in pages {
+        p.wait_connected_peers(2, CONNECT).await?;
+    }
+    for (i, p) in pages.iter().enumerate() {
+        p.send_chat(&format!("message from page {i}")).await?;
+    }
+    for (i, p) in pages.iter().enumerate() {
+        for j in 0..3 {
+            if i != j {
+                p.wait_message(&format!("message from page {j}"), DELIVER).await?;
+            }
+        }
+    }
+    for p in [a, b, c] {
+        p.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chat_survives_the_server_and_pages_rejoin_when_it_returns() -> Result<()> {
+    let mut server = Server::start(1_000).await?;
+    let port = server.port;
+    let browser = Browser::start().await?;
+    let (a, link) = create_room(&browser, &server).await?;
+    let b = join_link(&browser, &link).await?;
+    a.wait_connected_peers(1, CONNECT).await?;
+    b.wait_connected_peers(1, CONNECT).await?;
+    let (id_a, id_b) = (a.peer_id().await?, b.peer_id().await?);
+
+    server.stop().await?;
+    for p in [&a, &b] {
+        p.wait_for("document.querySelector(\"[data-testid='server-status']\").dataset.state === 'lost'", DELIVER)
+            .await?;
+        p.wait_for("!document.getElementById('banner').hidden && document.getElementById('banner').textContent.includes('unreachable')", DELIVER)
+            .await?;
+    }
+    a.send_chat("server is gone, still talking").await?;
+    b.wait_message("server is gone, still talking", DELIVER).await?;
+    b.send_chat("loud and clear").await?;
+    a.wait_message("loud and clear", DELIVER).await?;
+
+    let server = Server::start_on(port, 1_000).await?;
+    for p in [&a, &b] {
+        p.wait_for("document.querySelector(\"[data-testid='server-status']\").dataset.state === 'joined'", Duration::from_secs(15))
+            .await?;
+    }
+    assert_eq!(a.peer_id().await?, id_a, "rejoining keeps the peer id");
+    assert_eq!(b.peer_id().await?, id_b, "rejoining keeps the peer id");
+    a.wait_connected_peers(1, CONNECT).await?;
+    // A newcomer after the restart meets both of them.
+    let c = join_link(&browser, &link).await?;
+    c.wait_connected_peers(2, CONNECT).await?;
+    a.wait_connected_peers(2, CONNECT).await?;
+    c.send_chat("hi both").await?;
+    a.wait_message("hi both", DELIVER).await?;
+    b.wait_message("hi both", DELIVER).await?;
+    drop(server);
+    for p in [a, b, c] {
+        p.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_closed_page_is_seen_leaving_within_the_heartbeat_bound() -> Result<()> {
+    let server = Server::start(1_000).await?;
+    let browser = Browser::start().await?;
+    let (a, link) = create_room(&browser, &server).await?;
+    let b = join_link(&browser, &link).await?;
+    a.wait_connected_peers(1, CONNECT).await?;
+    let closed = Instant::now();
+    b.close().await?;
+    // Three missed heartbeats plus one interval of ticker slack.
+    let bound = server.heartbeat() * 4;
+    a.wait_for("document.querySelectorAll('[data-testid=peers] li[data-peer-id]').length === 0", bound)
+        .await?;
+    let took = closed.elapsed();
+    println!("peer left seen after {took:?} (bound {bound:?})");
+    a.wait_for("[...document.querySelectorAll('li.msg.system')].some(m => m.textContent.endsWith('left'))", DELIVER)
+        .await?;
+    a.close().await?;
+    Ok(())
+}
