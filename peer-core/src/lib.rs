@@ -55,8 +55,8 @@ use ferry_protocol::{
 };
 use serde::Serialize;
 
-pub use link::{LinkState, PeerCommand, SdpKind};
 use link::{Link, LinkOutput};
+pub use link::{LinkState, PeerCommand, SdpKind};
 
 /// Milliseconds on the driver's clock.
 pub type Millis = u64;
@@ -389,10 +389,10 @@ impl Session {
             ServerState::Joined | ServerState::Closed => {}
         }
         for member in self.members.values() {
-            if let Some(link) = &member.link {
-                if let Some(t) = self.link_deadline(link) {
-                    consider(t);
-                }
+            if let Some(link) = &member.link
+                && let Some(t) = self.link_deadline(link)
+            {
+                consider(t);
             }
         }
         next
@@ -545,7 +545,12 @@ impl Session {
 
     fn server_message(&mut self, msg: ServerMessage, now: Millis) {
         match msg {
-            ServerMessage::Joined { peer_id, peers, room, .. } => {
+            ServerMessage::Joined {
+                peer_id,
+                peers,
+                room,
+                ..
+            } => {
                 self.server = ServerState::Joined;
                 self.reconnect_attempt = 0;
                 self.my_id = Some(peer_id.clone());
@@ -574,10 +579,8 @@ impl Session {
                 }
             }
             ServerMessage::PeerJoined { peer } => self.add_member(peer.id, peer.name, false, now),
-            ServerMessage::PeerLeft { peer_id } => {
-                if self.members.contains_key(&peer_id) {
-                    self.remove_member(&peer_id);
-                }
+            ServerMessage::PeerLeft { peer_id } if self.members.contains_key(&peer_id) => {
+                self.remove_member(&peer_id);
             }
             ServerMessage::Signal { from, signal } => self.signal_from(from, signal, now),
             ServerMessage::Error { code, message } => {
@@ -607,7 +610,13 @@ impl Session {
             }
             self.remove_member(&id);
         }
-        self.members.insert(id.clone(), Member { name: name.clone(), link: None });
+        self.members.insert(
+            id.clone(),
+            Member {
+                name: name.clone(),
+                link: None,
+            },
+        );
         self.outputs.push_back(Output::Event(Event::PeerJoined {
             peer_id: id.clone(),
             name,
@@ -661,7 +670,13 @@ impl Session {
         if !self.members.contains_key(&from) {
             // The server relays only within the room, so this is a member
             // whose arrival we have not seen (we joined after it offered).
-            self.members.insert(from.clone(), Member { name: String::new(), link: None });
+            self.members.insert(
+                from.clone(),
+                Member {
+                    name: String::new(),
+                    link: None,
+                },
+            );
             self.outputs.push_back(Output::Event(Event::PeerJoined {
                 peer_id: from.clone(),
                 name: String::new(),
@@ -715,7 +730,9 @@ impl Session {
             }
         };
         match event {
-            PeerEvent::LocalDescription { kind, sdp } => link.local_description(kind, sdp, &mut out),
+            PeerEvent::LocalDescription { kind, sdp } => {
+                link.local_description(kind, sdp, &mut out)
+            }
             PeerEvent::RemoteDescriptionSet => link.remote_description_set(&mut out),
             PeerEvent::OperationFailed(message) => {
                 link.operation_failed(&mut out);
@@ -781,8 +798,7 @@ impl Session {
                 remote,
             }),
         }
-        self.outputs
-            .extend(events.into_iter().map(Output::Event));
+        self.outputs.extend(events.into_iter().map(Output::Event));
         self.emit_link(peer, out);
     }
 

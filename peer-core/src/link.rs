@@ -151,7 +151,10 @@ impl Link {
 
     fn offering(&self) -> bool {
         matches!(self.busy, Some(Op::MakeOffer { .. }))
-            || self.queue.iter().any(|op| matches!(op, Op::MakeOffer { .. }))
+            || self
+                .queue
+                .iter()
+                .any(|op| matches!(op, Op::MakeOffer { .. }))
     }
 
     fn remote_pending(&self) -> bool {
@@ -189,7 +192,8 @@ impl Link {
             Signal::Answer { sdp } => {
                 self.ignore_offer = false;
                 let expecting = self.signaling == SignalingState::HaveLocalOffer
-                    || (matches!(self.busy, Some(Op::MakeOffer { .. })) && !self.discard_local_offer);
+                    || (matches!(self.busy, Some(Op::MakeOffer { .. }))
+                        && !self.discard_local_offer);
                 if expecting {
                     self.queue.push_back(Op::ApplyAnswer(sdp));
                     self.pump(out);
@@ -217,7 +221,12 @@ impl Link {
     }
 
     /// The driver produced a local description.
-    pub(crate) fn local_description(&mut self, kind: SdpKind, sdp: String, out: &mut Vec<LinkOutput>) {
+    pub(crate) fn local_description(
+        &mut self,
+        kind: SdpKind,
+        sdp: String,
+        out: &mut Vec<LinkOutput>,
+    ) {
         match (self.busy.take(), kind) {
             (Some(Op::MakeOffer { .. }), SdpKind::Offer) => {
                 if std::mem::take(&mut self.discard_local_offer) {

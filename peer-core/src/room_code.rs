@@ -41,7 +41,11 @@ mod tests {
         let code = from_random(&bytes).unwrap();
         assert_eq!(code.as_str().len(), CODE_CHARS + 1);
         assert_eq!(code.as_str().as_bytes()[4], b'-');
-        assert!(code.as_str().bytes().all(|b| b == b'-' || ALPHABET.contains(&b)));
+        assert!(
+            code.as_str()
+                .bytes()
+                .all(|b| b == b'-' || ALPHABET.contains(&b))
+        );
         assert!(from_random(&[255; 64]).is_none());
         let expected = (ALPHABET.len() as f64).log2() * CODE_CHARS as f64;
         assert!((expected - CODE_BITS).abs() < 0.1);

@@ -79,12 +79,11 @@ impl Driver {
         match output {
             Output::ConnectServer => self.connect_server(weak),
             Output::SendServer(text) => {
-                if let Some(ws) = &self.ws {
-                    if ws.socket.ready_state() == WebSocket::OPEN {
-                        if let Err(e) = ws.socket.send_with_str(&text) {
-                            log_error(&format!("signaling send failed: {:?}", Error::from(e)));
-                        }
-                    }
+                if let Some(ws) = &self.ws
+                    && ws.socket.ready_state() == WebSocket::OPEN
+                    && let Err(e) = ws.socket.send_with_str(&text)
+                {
+                    log_error(&format!("signaling send failed: {:?}", Error::from(e)));
                 }
             }
             Output::CloseServer => {
@@ -125,7 +124,11 @@ impl Driver {
         let socket = match WebSocket::new(&self.server_url) {
             Ok(s) => s,
             Err(e) => {
-                log_error(&format!("cannot open {}: {}", self.server_url, Error::from(e)));
+                log_error(&format!(
+                    "cannot open {}: {}",
+                    self.server_url,
+                    Error::from(e)
+                ));
                 let weak = weak.clone();
                 wasm_bindgen_futures::spawn_local(async move {
                     with_session(&weak, move |d, now| {
@@ -300,13 +303,13 @@ impl FerryClient {
     /// connectTimeoutMs?}`; `on_event` receives every event as an object.
     #[wasm_bindgen(constructor)]
     pub fn new(options: JsValue, on_event: js_sys::Function) -> Result<FerryClient, Error> {
-        let opts: Options =
-            serde_wasm_bindgen::from_value(options.clone()).map_err(|e| Error::Options(e.to_string()))?;
+        let opts: Options = serde_wasm_bindgen::from_value(options.clone())
+            .map_err(|e| Error::Options(e.to_string()))?;
         let room = RoomCode::new(&opts.room)?;
         ferry_protocol::validate_name(&opts.name)?;
         let ice_servers = js_sys::Reflect::get(&options, &JsValue::from_str("iceServers"))
             .ok()
-            .filter(|v| js_sys::Array::is_array(v))
+            .filter(js_sys::Array::is_array)
             .unwrap_or_else(|| js_sys::Array::new().into());
         let mut config = Config::new(room, opts.name);
         if let Some(ms) = opts.connect_timeout_ms {
@@ -349,7 +352,11 @@ impl FerryClient {
     /// Our peer id, once joined.
     #[wasm_bindgen(getter, js_name = peerId)]
     pub fn peer_id(&self) -> Option<String> {
-        self.shared.borrow().session.peer_id().map(ToString::to_string)
+        self.shared
+            .borrow()
+            .session
+            .peer_id()
+            .map(ToString::to_string)
     }
 
     /// The room code, normalized.

@@ -125,6 +125,74 @@ mod tests {
         assert!(normalize_room_code("no spaces").is_err());
     }
 
+    async fn sleep(ms: i32) {
+        let promise = js_sys::Promise::new(&mut |resolve, _| {
+            web_sys::window()
+                .unwrap()
+                .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
+                .unwrap();
+        });
+        wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+    }
+
+    #[wasm_bindgen_test]
+    async fn an_unreachable_server_is_reported_and_retried() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        let seen: Rc<RefCell<Vec<String>>> = Rc::default();
+        let sink = seen.clone();
+        let on_event = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+            let kind = js_sys::Reflect::get(&e, &"type".into())
+                .unwrap()
+                .as_string()
+                .unwrap();
+            let state = js_sys::Reflect::get(&e, &"state".into())
+                .ok()
+                .and_then(|s| s.as_string())
+                .unwrap_or_default();
+            sink.borrow_mut().push(format!("{kind}:{state}"));
+        });
+        let options = js_sys::JSON::parse(
+            r#"{"serverUrl":"ws://127.0.0.1:9/ws","room":"Test-Room","name":"t"}"#,
+        )
+        .unwrap();
+        let client = FerryClient::new(
+            options,
+            on_event
+                .as_ref()
+                .unchecked_ref::<js_sys::Function>()
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(client.room(), "test-room");
+        assert_eq!(client.peer_id(), None);
+        assert!(matches!(
+            client.send_chat("hi"),
+            Err(Error::Core(ferry_core::Error::NoConnectedPeers))
+        ));
+        // The first attempt fails, and the retry (after 250 ms) fails too.
+        sleep(1500).await;
+        let seen = seen.borrow().clone();
+        assert_eq!(seen.first().map(String::as_str), Some("server:connecting"));
+        assert!(
+            seen.iter().filter(|s| *s == "server:lost").count() >= 2,
+            "{seen:?}"
+        );
+        client.leave();
+        drop(on_event);
+    }
+
+    #[wasm_bindgen_test]
+    fn bad_options_are_clear_errors() {
+        let f = js_sys::Function::new_no_args("");
+        let bad_room = js_sys::JSON::parse(r#"{"serverUrl":"ws://x/ws","room":"a b"}"#).unwrap();
+        let err = FerryClient::new(bad_room, f.clone()).err().unwrap();
+        assert!(err.to_string().contains("room code"), "{err}");
+        let missing = js_sys::JSON::parse(r#"{"room":"ok"}"#).unwrap();
+        let err = FerryClient::new(missing, f).err().unwrap();
+        assert!(err.to_string().contains("serverUrl"), "{err}");
+    }
+
     #[wasm_bindgen_test]
     fn qr_code_is_svg() {
         let svg = qr_svg("http://127.0.0.1:8080/#k7mx-2qfa").unwrap();

@@ -141,14 +141,15 @@ impl PeerConn {
             }
         });
         let (w, p, pc3, slot) = (weak.clone(), peer.clone(), pc.clone(), channel.clone());
-        let on_channel = Closure::<dyn FnMut(RtcDataChannelEvent)>::new(move |e: RtcDataChannelEvent| {
-            let dc = e.channel();
-            if dc.label() != CHANNEL_LABEL {
-                return;
-            }
-            let ch = attach_channel(dc, &w, &p, generation, &pc3);
-            *slot.borrow_mut() = Some(ch);
-        });
+        let on_channel =
+            Closure::<dyn FnMut(RtcDataChannelEvent)>::new(move |e: RtcDataChannelEvent| {
+                let dc = e.channel();
+                if dc.label() != CHANNEL_LABEL {
+                    return;
+                }
+                let ch = attach_channel(dc, &w, &p, generation, &pc3);
+                *slot.borrow_mut() = Some(ch);
+            });
         pc.set_onicecandidate(Some(on_ice.as_ref().unchecked_ref()));
         pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
         pc.set_ondatachannel(Some(on_channel.as_ref().unchecked_ref()));
@@ -179,12 +180,11 @@ impl PeerConn {
     pub(crate) fn perform(&self, command: PeerCommand) {
         match command {
             PeerCommand::SendText(text) => {
-                if let Some(ch) = self.channel.borrow().as_ref() {
-                    if ch.dc.ready_state() == RtcDataChannelState::Open {
-                        if let Err(e) = ch.dc.send_with_str(&text) {
-                            log_error(&format!("data channel send failed: {}", Error::from(e)));
-                        }
-                    }
+                if let Some(ch) = self.channel.borrow().as_ref()
+                    && ch.dc.ready_state() == RtcDataChannelState::Open
+                    && let Err(e) = ch.dc.send_with_str(&text)
+                {
+                    log_error(&format!("data channel send failed: {}", Error::from(e)));
                 }
             }
             PeerCommand::AddCandidate {
@@ -209,8 +209,12 @@ impl PeerConn {
             command @ (PeerCommand::CreateOffer { .. }
             | PeerCommand::AcceptOffer { .. }
             | PeerCommand::ApplyAnswer { .. }) => {
-                let (pc, weak, peer, generation) =
-                    (self.pc.clone(), self.weak.clone(), self.peer.clone(), self.generation);
+                let (pc, weak, peer, generation) = (
+                    self.pc.clone(),
+                    self.weak.clone(),
+                    self.peer.clone(),
+                    self.generation,
+                );
                 wasm_bindgen_futures::spawn_local(async move {
                     let event = negotiate(&pc, command)
                         .await
@@ -250,17 +254,20 @@ async fn negotiate(pc: &RtcPeerConnection, command: PeerCommand) -> Result<PeerE
         }
         PeerCommand::AcceptOffer { sdp } => {
             // Applying a remote offer in have-local-offer rolls ours back.
-            JsFuture::from(pc.set_remote_description(&description(RtcSdpType::Offer, &sdp))).await?;
+            JsFuture::from(pc.set_remote_description(&description(RtcSdpType::Offer, &sdp)))
+                .await?;
             let answer = JsFuture::from(pc.create_answer()).await?;
             let sdp = sdp_of(&answer)?;
-            JsFuture::from(pc.set_local_description(&description(RtcSdpType::Answer, &sdp))).await?;
+            JsFuture::from(pc.set_local_description(&description(RtcSdpType::Answer, &sdp)))
+                .await?;
             Ok(PeerEvent::LocalDescription {
                 kind: SdpKind::Answer,
                 sdp,
             })
         }
         PeerCommand::ApplyAnswer { sdp } => {
-            JsFuture::from(pc.set_remote_description(&description(RtcSdpType::Answer, &sdp))).await?;
+            JsFuture::from(pc.set_remote_description(&description(RtcSdpType::Answer, &sdp)))
+                .await?;
             Ok(PeerEvent::RemoteDescriptionSet)
         }
         _ => Err(Error::Js("not a negotiation command".into())),
@@ -295,7 +302,11 @@ async fn selected_route(
             stats.push(item?);
         }
     }
-    let by_id = |id: &str| stats.iter().find(|s| get_str(s, "id").as_deref() == Some(id));
+    let by_id = |id: &str| {
+        stats
+            .iter()
+            .find(|s| get_str(s, "id").as_deref() == Some(id))
+    };
     let pair_id = stats
         .iter()
         .find(|s| get_str(s, "type").as_deref() == Some("transport"))

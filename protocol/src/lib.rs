@@ -592,10 +592,15 @@ mod tests {
             Err(ProtocolError::InvalidName)
         );
         assert!(matches!(
-            ClientMessage::decode(r#"{"type":"signal","to":"","signal":{"kind":"end_of_candidates"}}"#),
+            ClientMessage::decode(
+                r#"{"type":"signal","to":"","signal":{"kind":"end_of_candidates"}}"#
+            ),
             Err(ProtocolError::Malformed(_))
         ));
-        let big = format!(r#"{{"type":"join","version":1,"room":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
+        let big = format!(
+            r#"{{"type":"join","version":1,"room":"{}"}}"#,
+            "a".repeat(MAX_FRAME_BYTES)
+        );
         assert!(matches!(
             ClientMessage::decode(&big),
             Err(ProtocolError::FrameTooLarge { .. })

@@ -89,12 +89,16 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
 async fn send_all(socket: &mut WebSocket, frames: Vec<ServerMessage>) -> Flow {
     let mut flow = Flow::Continue;
     for frame in frames {
-        if let ServerMessage::Error { code, .. } = &frame {
-            if code.is_fatal() {
-                flow = Flow::Close;
-            }
+        if let ServerMessage::Error { code, .. } = &frame
+            && code.is_fatal()
+        {
+            flow = Flow::Close;
         }
-        if socket.send(Message::Text(frame.encode().into())).await.is_err() {
+        if socket
+            .send(Message::Text(frame.encode().into()))
+            .await
+            .is_err()
+        {
             return Flow::Close;
         }
     }

@@ -120,7 +120,12 @@ impl RoomRegistry {
     }
 
     /// Queues a frame for one member of a room.
-    pub(crate) fn relay(&self, room: &RoomCode, to: &PeerId, frame: ServerMessage) -> Result<(), Error> {
+    pub(crate) fn relay(
+        &self,
+        room: &RoomCode,
+        to: &PeerId,
+        frame: ServerMessage,
+    ) -> Result<(), Error> {
         let rooms = self.lock();
         let member = rooms
             .get(room)
@@ -184,10 +189,14 @@ mod tests {
         let reg = RoomRegistry::new(8);
         let want = PeerId::new("keepme").unwrap();
         let (tx, _rx) = mpsc::channel(8);
-        let (id, _) = reg.join(&room("r"), String::new(), Some(want.clone()), tx).unwrap();
+        let (id, _) = reg
+            .join(&room("r"), String::new(), Some(want.clone()), tx)
+            .unwrap();
         assert_eq!(id, want);
         let (tx, _rx2) = mpsc::channel(8);
-        let (id2, _) = reg.join(&room("r"), String::new(), Some(want.clone()), tx).unwrap();
+        let (id2, _) = reg
+            .join(&room("r"), String::new(), Some(want.clone()), tx)
+            .unwrap();
         assert_ne!(id2, want);
     }
 

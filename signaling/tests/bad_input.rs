@@ -17,7 +17,11 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 async fn start(config: Config) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(ferry_signaling::serve(listener, config, std::future::pending()));
+    tokio::spawn(ferry_signaling::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
     format!("ws://{addr}/ws")
 }
 
@@ -36,7 +40,9 @@ async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
             .await
             .expect("no frame within 5 s")?;
         match msg.ok()? {
-            Message::Text(t) => return Some(ServerMessage::decode(&t).expect("valid server frame")),
+            Message::Text(t) => {
+                return Some(ServerMessage::decode(&t).expect("valid server frame"));
+            }
             Message::Close(_) => return None,
             _ => {}
         }
@@ -54,9 +60,15 @@ async fn expect_error(ws: &mut Ws, code: ErrorCode) {
 }
 
 async fn join(ws: &mut Ws, room: &str) -> (PeerId, Vec<PeerId>) {
-    send(ws, json!({"type": "join", "version": 1, "room": room, "name": "t"})).await;
+    send(
+        ws,
+        json!({"type": "join", "version": 1, "room": room, "name": "t"}),
+    )
+    .await;
     match recv(ws).await {
-        Some(ServerMessage::Joined { peer_id, peers, .. }) => (peer_id, peers.into_iter().map(|p| p.id).collect()),
+        Some(ServerMessage::Joined { peer_id, peers, .. }) => {
+            (peer_id, peers.into_iter().map(|p| p.id).collect())
+        }
         other => panic!("expected joined, got {other:?}"),
     }
 }
@@ -67,8 +79,15 @@ async fn assert_still_serving(url: &str, room: &str) {
     let mut y = connect(url).await;
     let (xid, _) = join(&mut x, room).await;
     let (yid, _) = join(&mut y, room).await;
-    assert!(matches!(recv(&mut x).await, Some(ServerMessage::PeerJoined { .. })));
-    send(&mut y, json!({"type": "signal", "to": xid.as_str(), "signal": {"kind": "offer", "sdp": "v=0"}})).await;
+    assert!(matches!(
+        recv(&mut x).await,
+        Some(ServerMessage::PeerJoined { .. })
+    ));
+    send(
+        &mut y,
+        json!({"type": "signal", "to": xid.as_str(), "signal": {"kind": "offer", "sdp": "v=0"}}),
+    )
+    .await;
     match recv(&mut x).await {
         Some(ServerMessage::Signal { from, .. }) => assert_eq!(from, yid),
         other => panic!("relay broken: {other:?}"),
@@ -91,13 +110,21 @@ async fn relays_signals_within_a_room_and_announces_arrivals_and_departures() {
         other => panic!("{other:?}"),
     }
     let cand = json!({"kind": "candidate", "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdp_mid": "0", "sdp_m_line_index": 0});
-    send(&mut b, json!({"type": "signal", "to": aid.as_str(), "signal": cand})).await;
+    send(
+        &mut b,
+        json!({"type": "signal", "to": aid.as_str(), "signal": cand}),
+    )
+    .await;
     match recv(&mut a).await {
         Some(ServerMessage::Signal { from, .. }) => assert_eq!(from, bid),
         other => panic!("{other:?}"),
     }
     // Not across rooms.
-    send(&mut b, json!({"type": "signal", "to": oid.as_str(), "signal": {"kind": "end_of_candidates"}})).await;
+    send(
+        &mut b,
+        json!({"type": "signal", "to": oid.as_str(), "signal": {"kind": "end_of_candidates"}}),
+    )
+    .await;
     expect_error(&mut b, ErrorCode::UnknownPeer).await;
     // Leaving is announced at once.
     send(&mut b, json!({"type": "leave"})).await;
@@ -113,7 +140,11 @@ async fn every_bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
 
     // Messages before join.
     let mut ws = connect(&url).await;
-    send(&mut ws, json!({"type": "signal", "to": "abc", "signal": {"kind": "end_of_candidates"}})).await;
+    send(
+        &mut ws,
+        json!({"type": "signal", "to": "abc", "signal": {"kind": "end_of_candidates"}}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::NotJoined).await;
 
     // Malformed JSON, unknown types, missing fields, binary frames: not fatal.
@@ -123,7 +154,9 @@ async fn every_bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     expect_error(&mut ws, ErrorCode::Malformed).await;
     send(&mut ws, json!({"type": "signal"})).await;
     expect_error(&mut ws, ErrorCode::Malformed).await;
-    ws.send(Message::binary(vec![0u8, 159, 146, 150])).await.unwrap();
+    ws.send(Message::binary(vec![0u8, 159, 146, 150]))
+        .await
+        .unwrap();
     expect_error(&mut ws, ErrorCode::Malformed).await;
 
     // A frame that is too large.
@@ -135,29 +168,57 @@ async fn every_bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     let (me, _) = join(&mut ws, "bad-input").await;
 
     // Unknown target peer, including ourselves.
-    send(&mut ws, json!({"type": "signal", "to": "nobody", "signal": {"kind": "offer", "sdp": "v=0"}})).await;
+    send(
+        &mut ws,
+        json!({"type": "signal", "to": "nobody", "signal": {"kind": "offer", "sdp": "v=0"}}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::UnknownPeer).await;
-    send(&mut ws, json!({"type": "signal", "to": me.as_str(), "signal": {"kind": "offer", "sdp": "v=0"}})).await;
+    send(
+        &mut ws,
+        json!({"type": "signal", "to": me.as_str(), "signal": {"kind": "offer", "sdp": "v=0"}}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::UnknownPeer).await;
-    send(&mut ws, json!({"type": "signal", "to": "../../etc", "signal": {"kind": "offer", "sdp": "v=0"}})).await;
+    send(
+        &mut ws,
+        json!({"type": "signal", "to": "../../etc", "signal": {"kind": "offer", "sdp": "v=0"}}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::Malformed).await;
 
     // Joining twice.
-    send(&mut ws, json!({"type": "join", "version": 1, "room": "elsewhere"})).await;
+    send(
+        &mut ws,
+        json!({"type": "join", "version": 1, "room": "elsewhere"}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::AlreadyJoined).await;
 
     // Wrong protocol version: fatal, the connection closes.
     let mut old = connect(&url).await;
-    send(&mut old, json!({"type": "join", "version": 99, "room": "bad-input"})).await;
+    send(
+        &mut old,
+        json!({"type": "join", "version": 99, "room": "bad-input"}),
+    )
+    .await;
     expect_error(&mut old, ErrorCode::UnsupportedVersion).await;
     assert!(recv(&mut old).await.is_none(), "closed after a fatal error");
 
     // Invalid room code and name: fatal.
     let mut bad = connect(&url).await;
-    send(&mut bad, json!({"type": "join", "version": 1, "room": "no/slashes"})).await;
+    send(
+        &mut bad,
+        json!({"type": "join", "version": 1, "room": "no/slashes"}),
+    )
+    .await;
     expect_error(&mut bad, ErrorCode::InvalidRoom).await;
     let mut bad = connect(&url).await;
-    send(&mut bad, json!({"type": "join", "version": 1, "room": "ok", "name": "nul\u{0}name"})).await;
+    send(
+        &mut bad,
+        json!({"type": "join", "version": 1, "room": "ok", "name": "nul\u{0}name"}),
+    )
+    .await;
     expect_error(&mut bad, ErrorCode::InvalidName).await;
 
     // A frame over the hard cap closes only that connection.
@@ -178,7 +239,11 @@ async fn a_full_room_refuses_the_ninth_peer() {
         members.push(ws);
     }
     let mut ninth = connect(&url).await;
-    send(&mut ninth, json!({"type": "join", "version": 1, "room": "full"})).await;
+    send(
+        &mut ninth,
+        json!({"type": "join", "version": 1, "room": "full"}),
+    )
+    .await;
     expect_error(&mut ninth, ErrorCode::RoomFull).await;
     assert!(recv(&mut ninth).await.is_none());
     assert_still_serving(&url, "another-room").await;
@@ -212,7 +277,10 @@ async fn dead_connections_are_dropped_within_the_heartbeat_bound() {
     assert!(saw_joined);
     let took = started.elapsed();
     // 3 missed intervals, plus one interval of ticker slack.
-    assert!(took <= Duration::from_millis(200 * 4 + 300), "took {took:?}");
+    assert!(
+        took <= Duration::from_millis(200 * 4 + 300),
+        "took {took:?}"
+    );
     // The silent one is gone; the alive one (which answers pings while it
     // reads) is still served.
     drop(silent);

@@ -53,7 +53,10 @@ fn signaling_bin() -> PathBuf {
     std::env::var_os("FERRY_SIGNALING_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/ferry-signaling"))
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/debug/ferry-signaling"
+            ))
         })
 }
 
@@ -81,7 +84,12 @@ impl Server {
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}; build it with `cargo build -p ferry-signaling`", bin.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot start {}; build it with `cargo build -p ferry-signaling`",
+                    bin.display()
+                )
+            })?;
         let server = Self {
             child: Some(child),
             port,
@@ -148,7 +156,9 @@ impl Browser {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .context("cannot start chromedriver; install Debian's chromium-driver (cargo xtask setup)")?;
+            .context(
+                "cannot start chromedriver; install Debian's chromium-driver (cargo xtask setup)",
+            )?;
         let binary = std::process::Command::new("sh")
             .args(["-c", "command -v chromium"])
             .output()
@@ -177,7 +187,7 @@ impl Browser {
             "goog:chromeOptions".into(),
             json!({ "binary": self.binary, "args": CHROMIUM_ARGS }),
         );
-        let client = ClientBuilder::native()
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{}", self.port))
             .await
@@ -200,9 +210,12 @@ impl Page {
     /// Navigates and waits until the app has started.
     pub async fn open(&self, url: &str) -> Result<()> {
         self.client.goto(url).await?;
-        self.wait_for("document.getElementById('name') && document.getElementById('name').value !== ''", Duration::from_secs(20))
-            .await
-            .context("the app did not start (wasm failed to load?)")?;
+        self.wait_for(
+            "document.getElementById('name') && document.getElementById('name').value !== ''",
+            Duration::from_secs(20),
+        )
+        .await
+        .context("the app did not start (wasm failed to load?)")?;
         Ok(())
     }
 
@@ -267,7 +280,10 @@ impl Page {
     /// The room link shown on the page.
     pub async fn room_link(&self) -> Result<String> {
         let v = self
-            .wait_for("document.querySelector(\"[data-testid='room-link']\").value", Duration::from_secs(10))
+            .wait_for(
+                "document.querySelector(\"[data-testid='room-link']\").value",
+                Duration::from_secs(10),
+            )
             .await?;
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
@@ -275,7 +291,10 @@ impl Page {
     /// Our peer id once joined.
     pub async fn peer_id(&self) -> Result<String> {
         let v = self
-            .wait_for("window.__ferry.client && window.__ferry.client.peerId", Duration::from_secs(15))
+            .wait_for(
+                "window.__ferry.client && window.__ferry.client.peerId",
+                Duration::from_secs(15),
+            )
             .await?;
         Ok(v.as_str().unwrap_or_default().to_owned())
     }

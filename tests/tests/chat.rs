@@ -31,14 +31,19 @@ async fn two_pages_chat_both_ways_through_a_shared_link() -> Result<()> {
     let browser = Browser::start().await?;
     let (a, link) = create_room(&browser, &server).await?;
     assert!(link.contains('#'), "the room link carries the code: {link}");
-    let qr = a.eval("return document.querySelector('#qr svg') !== null").await?;
+    let qr = a
+        .eval("return document.querySelector('#qr svg') !== null")
+        .await?;
     assert_eq!(qr, true, "a QR code is shown");
     let b = join_link(&browser, &link).await?;
     a.wait_connected_peers(1, CONNECT).await?;
     b.wait_connected_peers(1, CONNECT).await?;
     // The route badge shows the candidate type of the selected pair.
-    a.wait_for("document.querySelector('[data-peer-id]').dataset.route === 'host'", DELIVER)
-        .await?;
+    a.wait_for(
+        "document.querySelector('[data-peer-id]').dataset.route === 'host'",
+        DELIVER,
+    )
+    .await?;
 
     a.send_chat("hello from A").await?;
     b.wait_message("hello from A", DELIVER).await?;
@@ -71,7 +76,8 @@ async fn three_pages_form_a_mesh_and_every_message_reaches_the_other_two() -> Re
     for (i, p) in pages.iter().enumerate() {
         for j in 0..3 {
             if i != j {
-                p.wait_message(&format!("message from page {j}"), DELIVER).await?;
+                p.wait_message(&format!("message from page {j}"), DELIVER)
+                    .await?;
             }
         }
     }
@@ -94,20 +100,27 @@ async fn chat_survives_the_server_and_pages_rejoin_when_it_returns() -> Result<(
 
     server.stop().await?;
     for p in [&a, &b] {
-        p.wait_for("document.querySelector(\"[data-testid='server-status']\").dataset.state === 'lost'", DELIVER)
-            .await?;
+        p.wait_for(
+            "document.querySelector(\"[data-testid='server-status']\").dataset.state === 'lost'",
+            DELIVER,
+        )
+        .await?;
         p.wait_for("!document.getElementById('banner').hidden && document.getElementById('banner').textContent.includes('unreachable')", DELIVER)
             .await?;
     }
     a.send_chat("server is gone, still talking").await?;
-    b.wait_message("server is gone, still talking", DELIVER).await?;
+    b.wait_message("server is gone, still talking", DELIVER)
+        .await?;
     b.send_chat("loud and clear").await?;
     a.wait_message("loud and clear", DELIVER).await?;
 
     let server = Server::start_on(port, 1_000).await?;
     for p in [&a, &b] {
-        p.wait_for("document.querySelector(\"[data-testid='server-status']\").dataset.state === 'joined'", Duration::from_secs(15))
-            .await?;
+        p.wait_for(
+            "document.querySelector(\"[data-testid='server-status']\").dataset.state === 'joined'",
+            Duration::from_secs(15),
+        )
+        .await?;
     }
     assert_eq!(a.peer_id().await?, id_a, "rejoining keeps the peer id");
     assert_eq!(b.peer_id().await?, id_b, "rejoining keeps the peer id");
@@ -137,12 +150,18 @@ async fn a_closed_page_is_seen_leaving_within_the_heartbeat_bound() -> Result<()
     b.close().await?;
     // Three missed heartbeats plus one interval of ticker slack.
     let bound = server.heartbeat() * 4;
-    a.wait_for("document.querySelectorAll('[data-testid=peers] li[data-peer-id]').length === 0", bound)
-        .await?;
+    a.wait_for(
+        "document.querySelectorAll('[data-testid=peers] li[data-peer-id]').length === 0",
+        bound,
+    )
+    .await?;
     let took = closed.elapsed();
     println!("peer left seen after {took:?} (bound {bound:?})");
-    a.wait_for("[...document.querySelectorAll('li.msg.system')].some(m => m.textContent.endsWith('left'))", DELIVER)
-        .await?;
+    a.wait_for(
+        "[...document.querySelectorAll('li.msg.system')].some(m => m.textContent.endsWith('left'))",
+        DELIVER,
+    )
+    .await?;
     a.close().await?;
     Ok(())
 }

@@ -116,9 +116,12 @@ fn pinned_wasm_bindgen() -> Result<String> {
 }
 
 fn ensure_wasm_toolchain() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .unwrap_or_default();
-    if !installed.lines().any(|l| l.trim() == "wasm32-unknown-unknown") {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed
+        .lines()
+        .any(|l| l.trim() == "wasm32-unknown-unknown")
+    {
         run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
     }
     let want = pinned_wasm_bindgen()?;
@@ -286,7 +289,14 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
             ensure_browser()?;
             build_wasm()?;
             run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
-            run(cargo().args(["build", "--release", "-p", "ferry-e2e", "--bin", "ferry-bench"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "ferry-e2e",
+                "--bin",
+                "ferry-bench",
+            ]))?;
             let bench = target_dir().join("release/ferry-bench");
             let wasm = std::fs::read(root().join("www/pkg/ferry_wasm_bg.wasm"))?;
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -295,7 +305,10 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
             let mut cmd = Command::new(bench);
             cmd.arg("connect")
                 .args(args)
-                .env("FERRY_SIGNALING_BIN", target_dir().join("release/ferry-signaling"))
+                .env(
+                    "FERRY_SIGNALING_BIN",
+                    target_dir().join("release/ferry-signaling"),
+                )
                 .env("FERRY_WASM_BYTES", wasm.len().to_string())
                 .env("FERRY_WASM_GZIP_BYTES", gzipped.to_string());
             run(&mut in_loopback_namespace(&mut cmd))
