@@ -1,7 +1,7 @@
 // The Ferry page: a thin view over the Rust/wasm client. All peer logic
 // (joining, negotiation, reconnects, message validation) lives in wasm;
 // this module renders its events and forwards clicks.
-import init, { FerryClient, newRoomCode, normalizeRoomCode, qrSvg } from "./pkg/ferry_wasm.js";
+import init, { FerryClient, newRoomCode, normalizeRoomCode, preconnect, qrSvg } from "./pkg/ferry_wasm.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -18,7 +18,7 @@ const STATE_LABEL = {
 const STATE_PILL = { connecting: "pill-warn", connected: "pill-ok", disconnected: "pill-warn", failed: "pill-bad", closed: "pill-muted" };
 
 // Test and benchmark hooks: timings and the live client.
-const ferry = (window.__ferry = { client: null, joinedAt: null, startedAt: null, openedAt: {}, events: [] });
+const ferry = (window.__ferry = { FerryClient, client: null, joinedAt: null, startedAt: null, openedAt: {}, events: [] });
 
 let client = null;
 let peers = new Map(); // id -> {name, state, route}
@@ -54,7 +54,19 @@ function showBanner(text, bad = false) {
   b.hidden = false;
 }
 
+// Coalesce peer-list updates into one DOM rebuild per frame: a join brings
+// a burst of events, and each extra frame delays the handshake's next step.
+let peersDirty = false;
 function renderPeers() {
+  if (peersDirty) return;
+  peersDirty = true;
+  requestAnimationFrame(() => {
+    peersDirty = false;
+    renderPeersNow();
+  });
+}
+
+function renderPeersNow() {
   const list = $("peers");
   list.replaceChildren();
   const me = document.createElement("li");
@@ -132,8 +144,32 @@ function peerName(id) {
   return peers.get(id)?.name || `Peer ${id.slice(0, 4)}`;
 }
 
+// Events are applied to the page in batches, at most one render per
+// UI_BATCH_MS. A join brings a burst of events within a few milliseconds,
+// and on a slow machine every extra frame rendered in between delays the
+// handshake's next step on the main thread.
+const UI_BATCH_MS = 60;
+let pendingEvents = [];
+let flushTimer = null;
+
 function onEvent(e) {
-  ferry.events.push(e);
+  const at = performance.now();
+  ferry.events.push({ at, ...e });
+  if (e.type === "peer_state" && e.state === "connected" && !(e.peer_id in ferry.openedAt)) {
+    ferry.openedAt[e.peer_id] = at;
+    ferry.onOpened?.(e.peer_id);
+    setTimeout(runAfterHandshake, UI_BATCH_MS);
+  }
+  pendingEvents.push(e);
+  flushTimer ??= setTimeout(flushEvents, UI_BATCH_MS);
+}
+
+function flushEvents() {
+  flushTimer = null;
+  for (const e of pendingEvents.splice(0)) applyEvent(e);
+}
+
+function applyEvent(e) {
   switch (e.type) {
     case "server":
       if (e.state === "joined") {
@@ -173,7 +209,7 @@ function onEvent(e) {
       const p = peers.get(e.peer_id) || { name: "", route: null };
       p.state = e.state;
       peers.set(e.peer_id, p);
-      if (e.state === "connected" && !(e.peer_id in ferry.openedAt)) ferry.openedAt[e.peer_id] = performance.now();
+      if (e.state === "connected" && document.activeElement === document.body) $("chat-input").focus({ preventScroll: true });
       renderPeers();
       break;
     }
@@ -204,29 +240,69 @@ function roomLink(code) {
   return `${location.origin}${location.pathname}#${code}`;
 }
 
+// Work that can wait (the QR code, the URL) runs once the first peer is
+// connected or after QUIET_MS, so that it does not hold up the handshake's
+// next step on the main thread.
+const QUIET_MS = 300;
+let afterHandshakeFns = [];
+function afterHandshake(fn) {
+  afterHandshakeFns.push(fn);
+  setTimeout(runAfterHandshake, QUIET_MS);
+}
+function runAfterHandshake() {
+  for (const fn of afterHandshakeFns.splice(0)) fn();
+}
+
+function signalingUrl() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}/ws`;
+}
+
+// Keep a signaling connection ready so that joining skips the handshakes.
+function warmUp() {
+  try { preconnect(signalingUrl()); } catch (err) { console.warn(err); }
+}
+
+// Paint first, then connect: the room view is rendered before the client
+// starts, so that no frame lands between the handshake's steps (on a slow
+// machine one frame can cost more than the whole join).
+let pendingStart = null;
+
 function enterRoom(code) {
   leaveRoom(false);
   peers = new Map();
   selfId = null;
+  ferry.clickedAt = performance.now();
   $("landing").hidden = true;
   $("room").hidden = false;
   $("room-code").textContent = code;
   const link = roomLink(code);
   $("room-link").value = link;
-  try { $("qr").innerHTML = qrSvg(link); } catch (err) { console.warn(err); }
-  if (location.hash !== `#${code}`) history.replaceState(null, "", `#${code}`);
+  $("qr").replaceChildren();
   document.title = `Ferry · ${code}`;
   $("messages").replaceChildren(Object.assign(document.createElement("li"), { className: "empty", id: "messages-empty", textContent: "No messages yet. Share the link and say hello." }));
-  renderPeers();
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  ferry.startedAt = performance.now();
-  ferry.openedAt = {};
-  client = new FerryClient({ serverUrl: `${scheme}://${location.host}/ws`, room: code, name: displayName(), iceServers: [] }, onEvent);
-  ferry.client = client;
-  $("chat-input").focus();
+  renderPeersNow();
+  const token = {};
+  pendingStart = token;
+  requestAnimationFrame(() => setTimeout(() => {
+    if (pendingStart !== token) return;
+    pendingStart = null;
+    ferry.startedAt = performance.now();
+    ferry.openedAt = {};
+    client = new FerryClient({ serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [] }, onEvent);
+    ferry.client = client;
+    // The QR code and the URL can wait until the handshake is done.
+    afterHandshake(() => {
+      if (client?.room !== code) return;
+      try { $("qr").innerHTML = qrSvg(link); } catch (err) { console.warn(err); }
+      if (location.hash !== `#${code}`) history.replaceState(null, "", `#${code}`);
+    });
+  }, 0));
 }
 
 function leaveRoom(toLanding = true) {
+  pendingEvents = [];
+  pendingStart = null;
   if (client) {
     try { client.leave(); } catch (err) { console.warn(err); }
     client.free();
@@ -234,6 +310,7 @@ function leaveRoom(toLanding = true) {
     ferry.client = null;
   }
   if (toLanding) {
+    warmUp();
     peers = new Map();
     $("room").hidden = true;
     $("landing").hidden = false;
@@ -313,7 +390,7 @@ async function main() {
   });
   // Tell the room right away instead of waiting for the heartbeat.
   window.addEventListener("pagehide", () => client?.leave());
-  joinFromHash();
+  if (!joinFromHash()) warmUp();
 }
 
 main().catch((err) => {

@@ -121,7 +121,22 @@ impl Driver {
         self.ws = None;
         self.ws_generation += 1;
         let generation = self.ws_generation;
-        let socket = match WebSocket::new(&self.server_url) {
+        let warm = take_warm_socket(&self.server_url);
+        if let Some(socket) = &warm
+            && socket.ready_state() == WebSocket::OPEN
+        {
+            // Already open: its `open` event has fired, so report it ourselves
+            // once this callback returns.
+            let weak = weak.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                with_session(&weak, move |d, now| {
+                    if d.ws_generation == generation {
+                        d.session.server_opened(now);
+                    }
+                });
+            });
+        }
+        let socket = match warm.map_or_else(|| WebSocket::new(&self.server_url), Ok) {
             Ok(s) => s,
             Err(e) => {
                 log_error(&format!(
@@ -215,6 +230,45 @@ impl Driver {
         self.ws = None;
         self.peers.clear();
     }
+}
+
+thread_local! {
+    /// A signaling socket opened ahead of time by [`preconnect`].
+    static WARM: RefCell<Option<(String, WebSocket)>> = const { RefCell::new(None) };
+}
+
+/// Takes the pre-opened socket for `url`, if it is still usable.
+fn take_warm_socket(url: &str) -> Option<WebSocket> {
+    let (warm_url, socket) = WARM.with(|w| w.borrow_mut().take())?;
+    let usable = matches!(
+        socket.ready_state(),
+        WebSocket::CONNECTING | WebSocket::OPEN
+    );
+    if warm_url == url && usable {
+        Some(socket)
+    } else {
+        let _ = socket.close();
+        None
+    }
+}
+
+/// Opens the signaling WebSocket to `url` ahead of time, so that the next
+/// [`FerryClient`] for that server joins without waiting for the TCP and
+/// WebSocket handshakes. Call it when the page loads and after leaving a room.
+#[wasm_bindgen]
+pub fn preconnect(url: &str) -> Result<(), Error> {
+    let current = WARM.with(|w| {
+        w.borrow().as_ref().is_some_and(|(u, s)| {
+            u == url && matches!(s.ready_state(), WebSocket::CONNECTING | WebSocket::OPEN)
+        })
+    });
+    if !current {
+        let socket = WebSocket::new(url)?;
+        if let Some((_, old)) = WARM.with(|w| w.borrow_mut().replace((url.to_owned(), socket))) {
+            let _ = old.close();
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` on the driver with the current time, then carries out every

@@ -29,7 +29,7 @@ mod peer;
 use ferry_protocol::RoomCode;
 use wasm_bindgen::prelude::*;
 
-pub use driver::FerryClient;
+pub use driver::{FerryClient, preconnect};
 
 /// Everything that can go wrong in the browser driver.
 #[derive(Debug, thiserror::Error)]

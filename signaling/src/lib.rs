@@ -127,6 +127,13 @@ pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    use axum::serve::ListenerExt;
+    // Signaling frames are small and latency-bound: never wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(config))
         .with_graceful_shutdown(shutdown)
         .await?;
