@@ -31,10 +31,9 @@ async fn two_pages_chat_both_ways_through_a_shared_link() -> Result<()> {
     let browser = Browser::start().await?;
     let (a, link) = create_room(&browser, &server).await?;
     assert!(link.contains('#'), "the room link carries the code: {link}");
-    let qr = a
-        .eval("return document.querySelector('#qr svg') !== null")
-        .await?;
-    assert_eq!(qr, true, "a QR code is shown");
+    a.wait_for("document.querySelector('#qr svg') !== null", DELIVER)
+        .await
+        .map_err(|e| e.context("a QR code is shown"))?;
     let b = join_link(&browser, &link).await?;
     a.wait_connected_peers(1, CONNECT).await?;
     b.wait_connected_peers(1, CONNECT).await?;
