@@ -263,9 +263,10 @@ function warmUp() {
   try { preconnect(signalingUrl()); } catch (err) { console.warn(err); }
 }
 
-// Paint first, then connect: the room view is rendered before the client
-// starts, so that no frame lands between the handshake's steps (on a slow
-// machine one frame can cost more than the whole join).
+// Paint first, then connect: the room view is rendered, and its frame has
+// finished (two animation frames), before the client starts. Otherwise that
+// frame's layout, paint and raster land between the handshake's steps, and on
+// a slow machine one frame can cost as much as the whole join.
 let pendingStart = null;
 
 function enterRoom(code) {
@@ -284,7 +285,7 @@ function enterRoom(code) {
   renderPeersNow();
   const token = {};
   pendingStart = token;
-  requestAnimationFrame(() => setTimeout(() => {
+  requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(() => {
     if (pendingStart !== token) return;
     pendingStart = null;
     ferry.startedAt = performance.now();
@@ -297,7 +298,7 @@ function enterRoom(code) {
       try { $("qr").innerHTML = qrSvg(link); } catch (err) { console.warn(err); }
       if (location.hash !== `#${code}`) history.replaceState(null, "", `#${code}`);
     });
-  }, 0));
+  }, 0)));
 }
 
 function leaveRoom(toLanding = true) {

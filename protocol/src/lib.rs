@@ -283,6 +283,9 @@ pub enum ErrorCode {
     InvalidRoom,
     /// The display name is not valid.
     InvalidName,
+    /// The recipient is not keeping up with its signaling traffic; the
+    /// signal was dropped. Not fatal: retry later.
+    PeerBusy,
     /// The server is shutting down or failed internally.
     ServerError,
 }
@@ -559,6 +562,7 @@ mod tests {
             (ErrorCode::AlreadyJoined, "already_joined"),
             (ErrorCode::InvalidRoom, "invalid_room"),
             (ErrorCode::InvalidName, "invalid_name"),
+            (ErrorCode::PeerBusy, "peer_busy"),
             (ErrorCode::ServerError, "server_error"),
         ];
         for (code, text) in all {

@@ -110,13 +110,8 @@ fn error_frame(err: &Error) -> ServerMessage {
         Error::Protocol(p) => p.code(),
         Error::RoomFull(_) => ErrorCode::RoomFull,
         Error::UnknownPeer(_) => ErrorCode::UnknownPeer,
-        Error::RecipientBusy(_) | Error::Io(_) => ErrorCode::ServerError,
-    };
-    // A busy recipient is not fatal for the sender.
-    let code = if matches!(err, Error::RecipientBusy(_)) {
-        ErrorCode::UnknownPeer
-    } else {
-        code
+        Error::RecipientBusy(_) => ErrorCode::PeerBusy,
+        Error::Io(_) => ErrorCode::ServerError,
     };
     ServerMessage::error(code, err.to_string())
 }

@@ -185,9 +185,12 @@ fn build_wasm() -> Result<()> {
 
 /// Runs `cmd` inside a fresh network namespace with only loopback up.
 fn in_loopback_namespace(cmd: &mut Command) -> Command {
+    let root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
     let mut wrapped = Command::new("unshare");
+    // Without root, map ourselves to root in a new user namespace.
     wrapped
-        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .arg(if root { "-n" } else { "-rn" })
+        .args(["sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
         .arg(cmd.get_program())
         .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
