@@ -31,8 +31,9 @@
 //! **Serialized operations.** Description changes are asynchronous in every
 //! WebRTC stack, so the engine issues one at a time per link and waits for
 //! the driver's completion event. Remote ICE candidates are buffered until a
-//! remote description is in place, and dropped while a colliding offer is
-//! being ignored.
+//! remote description is in place, including those that arrive while a
+//! colliding offer is being ignored (they often share ICE credentials with
+//! the answer that follows; the driver ignores `addIceCandidate` failures).
 //!
 //! **Time.** Times are milliseconds on a clock the driver chooses
 //! ([`Millis`]). The engine uses them for the join timeout, the signaling

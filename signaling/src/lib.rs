@@ -150,7 +150,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// Hard cap enforced by the WebSocket layer itself. Frames between
 /// `max_frame_bytes` and this size get a `frame_too_large` error frame;
-/// beyond it the connection is closed with status 1009.
+/// beyond it the WebSocket layer rejects the frame and the connection closes.
 const HARD_MESSAGE_CAP: usize = 1024 * 1024;
 
 async fn ws_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> impl IntoResponse {
