@@ -47,6 +47,7 @@
 
 mod link;
 pub mod room_code;
+pub mod transfer;
 
 use std::collections::{BTreeMap, VecDeque};
 
