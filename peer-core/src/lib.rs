@@ -59,6 +59,17 @@ use serde::Serialize;
 
 use link::{Link, LinkOutput};
 pub use link::{LinkState, PeerCommand, SdpKind};
+use transfer::{
+    HaveMap, SourceFile, TransferConfig, TransferEngine, TransferError, TransferEvent, TransferId,
+    TransferOutput,
+};
+
+/// What happened on a link that the transfer engine must hear about.
+enum TransferInput {
+    Ready,
+    Lost,
+    Frame(Vec<u8>),
+}
 
 /// Milliseconds on the driver's clock.
 pub type Millis = u64;
@@ -79,6 +90,9 @@ pub enum Error {
     /// The session was closed.
     #[error("the session is closed")]
     Closed,
+    /// A file transfer request was refused.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
 }
 
 /// Tuning of a [`Session`]. The defaults suit interactive use.
@@ -100,6 +114,11 @@ pub struct Config {
     pub reconnect_base: Millis,
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Millis,
+    /// The peer id to ask for on the first join, for example the one this
+    /// tab had before a reload, so that peers recognise it and resume.
+    pub rejoin_as: Option<PeerId>,
+    /// File transfer tuning.
+    pub transfer: TransferConfig,
 }
 
 impl Config {
@@ -114,6 +133,8 @@ impl Config {
             disconnect_grace: 4_000,
             reconnect_base: 250,
             reconnect_max: 5_000,
+            rejoin_as: None,
+            transfer: TransferConfig::default(),
         }
     }
 }
@@ -152,6 +173,8 @@ pub enum PeerEvent {
     ChannelClosed,
     /// A text frame arrived on the data channel.
     Text(String),
+    /// A binary frame (file transfer) arrived on the data channel.
+    Binary(Vec<u8>),
     /// The selected candidate pair, once connected.
     Route {
         /// Type of the local candidate.
@@ -286,6 +309,11 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// Something happened to a file transfer.
+    Transfer {
+        /// What happened.
+        event: TransferEvent,
+    },
     /// A peer sent something we could not understand; it was dropped.
     PeerError {
         /// The peer.
@@ -312,6 +340,33 @@ pub enum Output {
         /// What to do.
         command: PeerCommand,
     },
+    /// Read part of a file we offered, then call [`Session::chunk_read`].
+    ReadChunk {
+        /// The transfer.
+        id: TransferId,
+        /// File index in the offer.
+        file: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u32,
+    },
+    /// Write verified bytes of a file we receive, then call
+    /// [`Session::chunk_written`]. A zero-length write creates an empty file.
+    WriteChunk {
+        /// The transfer.
+        id: TransferId,
+        /// File index in the offer.
+        file: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// Byte offset.
+        offset: u64,
+        /// The verified bytes.
+        data: Vec<u8>,
+    },
     /// Tell the user.
     Event(Event),
 }
@@ -331,13 +386,13 @@ pub struct Session {
     my_id: Option<PeerId>,
     members: BTreeMap<PeerId, Member>,
     outputs: VecDeque<Output>,
+    transfers: TransferEngine,
 }
 
 impl Session {
     /// Creates a session; the first output asks the driver to connect.
     pub fn new(config: Config, now: Millis) -> Self {
         let mut s = Self {
-            config,
             server: ServerState::Connecting,
             server_since: now,
             reconnect_attempt: 0,
@@ -345,6 +400,8 @@ impl Session {
             my_id: None,
             members: BTreeMap::new(),
             outputs: VecDeque::new(),
+            transfers: TransferEngine::new(config.transfer.clone()),
+            config,
         };
         s.connect_server(now);
         s
@@ -389,6 +446,9 @@ impl Session {
                 }
             }
             ServerState::Joined | ServerState::Closed => {}
+        }
+        if let Some(t) = self.transfers.poll_timeout() {
+            consider(t);
         }
         for member in self.members.values() {
             if let Some(link) = &member.link
@@ -438,6 +498,8 @@ impl Session {
         for peer in due {
             self.link_timed_out(&peer, now);
         }
+        self.transfers.handle_timeout(now);
+        self.pump_transfers();
     }
 
     fn link_timed_out(&mut self, peer: &PeerId, now: Millis) {
@@ -495,7 +557,7 @@ impl Session {
             version: PROTOCOL_VERSION,
             room: self.config.room.clone(),
             name: self.config.name.clone(),
-            rejoin_as: self.my_id.clone(),
+            rejoin_as: self.my_id.clone().or_else(|| self.config.rejoin_as.clone()),
         };
         self.outputs.push_back(Output::SendServer(join.encode()));
         self.outputs.push_back(Output::Event(Event::Server {
@@ -655,6 +717,8 @@ impl Session {
     }
 
     fn remove_member(&mut self, peer: &PeerId) {
+        self.transfers.peer_lost(peer);
+        self.pump_transfers();
         if let Some(member) = self.members.remove(peer) {
             if member.link.is_some() {
                 self.outputs.push_back(Output::Peer {
@@ -722,6 +786,7 @@ impl Session {
         };
         let mut out = Vec::new();
         let mut events = Vec::new();
+        let mut transfer_input: Option<TransferInput> = None;
         let set_state = |link: &mut Link, state: LinkState, events: &mut Vec<Event>| {
             if link.state != state {
                 link.state = state;
@@ -778,11 +843,14 @@ impl Session {
                 link.restarts = 0;
                 link.disconnected_at = None;
                 set_state(link, LinkState::Connected, &mut events);
+                transfer_input = Some(TransferInput::Ready);
             }
             PeerEvent::ChannelClosed => {
                 link.channel_open = false;
                 set_state(link, LinkState::Closed, &mut events);
+                transfer_input = Some(TransferInput::Lost);
             }
+            PeerEvent::Binary(bytes) => transfer_input = Some(TransferInput::Frame(bytes)),
             PeerEvent::Text(text) => match PeerMessage::decode(&text) {
                 Ok(PeerMessage::Chat { text }) => events.push(Event::Chat {
                     from: peer.clone(),
@@ -802,6 +870,155 @@ impl Session {
         }
         self.outputs.extend(events.into_iter().map(Output::Event));
         self.emit_link(peer, out);
+        match transfer_input {
+            Some(TransferInput::Ready) => self.transfers.peer_ready(peer),
+            Some(TransferInput::Lost) => self.transfers.peer_lost(peer),
+            Some(TransferInput::Frame(bytes)) => {
+                if let Err(e) = self.transfers.handle_frame(peer, &bytes, now) {
+                    self.outputs.push_back(Output::Event(Event::PeerError {
+                        peer_id: peer.clone(),
+                        message: format!("dropped a file-transfer frame: {e}"),
+                    }));
+                }
+            }
+            None => {}
+        }
+        self.pump_transfers();
+    }
+
+    /// Moves the transfer engine's outputs into the session's.
+    fn pump_transfers(&mut self) {
+        while let Some(o) = self.transfers.poll_output() {
+            let out = match o {
+                TransferOutput::Send { peer, frame } => {
+                    let open = self
+                        .members
+                        .get(&peer)
+                        .and_then(|m| m.link.as_ref())
+                        .is_some_and(|l| l.channel_open);
+                    if !open {
+                        // The transfer pauses and resumes when the link is back.
+                        continue;
+                    }
+                    Output::Peer {
+                        peer,
+                        command: PeerCommand::SendBinary(frame),
+                    }
+                }
+                TransferOutput::ReadChunk {
+                    id,
+                    file,
+                    chunk,
+                    offset,
+                    len,
+                } => Output::ReadChunk {
+                    id,
+                    file,
+                    chunk,
+                    offset,
+                    len,
+                },
+                TransferOutput::WriteChunk {
+                    id,
+                    file,
+                    chunk,
+                    offset,
+                    data,
+                } => Output::WriteChunk {
+                    id,
+                    file,
+                    chunk,
+                    offset,
+                    data,
+                },
+                TransferOutput::Event(event) => Output::Event(Event::Transfer { event }),
+            };
+            self.outputs.push_back(out);
+        }
+    }
+
+    /// Offers files to a connected peer. `id` must be random (16 bytes from
+    /// the driver's RNG); files must be hashed at the configured chunk size.
+    pub fn offer_files(
+        &mut self,
+        peer: &PeerId,
+        id: TransferId,
+        files: Vec<SourceFile>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        let open = self
+            .members
+            .get(peer)
+            .and_then(|m| m.link.as_ref())
+            .is_some_and(|l| l.channel_open);
+        if !open {
+            return Err(Error::NoConnectedPeers);
+        }
+        self.transfers.offer(peer.clone(), id, files, now)?;
+        self.pump_transfers();
+        Ok(())
+    }
+
+    /// Accepts an offer, resuming from saved have-maps if given.
+    pub fn accept_transfer(
+        &mut self,
+        id: &TransferId,
+        resume: Option<Vec<HaveMap>>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        self.transfers.accept(id, resume, now)?;
+        self.pump_transfers();
+        Ok(())
+    }
+
+    /// Declines an offer.
+    pub fn decline_transfer(&mut self, id: &TransferId, reason: &str) -> Result<(), Error> {
+        self.transfers.decline(id, reason)?;
+        self.pump_transfers();
+        Ok(())
+    }
+
+    /// Cancels a transfer in either direction.
+    pub fn cancel_transfer(&mut self, id: &TransferId, reason: &str) -> Result<(), Error> {
+        self.transfers.cancel(id, reason)?;
+        self.pump_transfers();
+        Ok(())
+    }
+
+    /// The driver read a chunk asked for by [`Output::ReadChunk`].
+    pub fn chunk_read(
+        &mut self,
+        id: &TransferId,
+        file: u32,
+        chunk: u64,
+        data: Vec<u8>,
+        now: Millis,
+    ) {
+        self.transfers.chunk_read(id, file, chunk, data, now);
+        self.pump_transfers();
+    }
+
+    /// The driver could not read a file it offered.
+    pub fn read_failed(&mut self, id: &TransferId, reason: &str) {
+        self.transfers.read_failed(id, reason);
+        self.pump_transfers();
+    }
+
+    /// The driver stored a chunk asked for by [`Output::WriteChunk`].
+    pub fn chunk_written(&mut self, id: &TransferId, file: u32, chunk: u64, now: Millis) {
+        self.transfers.chunk_written(id, file, chunk, now);
+        self.pump_transfers();
+    }
+
+    /// The driver could not store a chunk.
+    pub fn write_failed(&mut self, id: &TransferId, reason: &str) {
+        self.transfers.write_failed(id, reason);
+        self.pump_transfers();
+    }
+
+    /// The transfer engine, for saved progress and file lists.
+    pub fn transfers(&self) -> &TransferEngine {
+        &self.transfers
     }
 
     /// Sends a chat message to every connected peer; returns how many.

@@ -52,6 +52,9 @@ pub enum PeerCommand {
     },
     /// Send a text frame on the data channel.
     SendText(String),
+    /// Send a binary frame (file transfer) on the data channel, pacing on
+    /// `bufferedAmount`.
+    SendBinary(Vec<u8>),
     /// Close the connection and forget it.
     Close,
 }

@@ -85,6 +85,9 @@ struct Net {
     signal_loss: f64,
     fifo: HashMap<(usize, bool), Millis>,
     chats: Vec<(usize, PeerId, String)>,
+    transfer_events: Vec<(usize, transfer::TransferEvent)>,
+    sources: HashMap<transfer::TransferId, Vec<Vec<u8>>>,
+    disk: HashMap<(usize, transfer::TransferId, u32), Vec<u8>>,
     /// Every `addIceCandidate` issued without a remote description.
     violations: Vec<String>,
 }
@@ -105,6 +108,9 @@ impl Net {
             signal_loss: 0.0,
             fifo: HashMap::new(),
             chats: Vec::new(),
+            transfer_events: Vec::new(),
+            sources: HashMap::new(),
+            disk: HashMap::new(),
             violations: Vec::new(),
         }
     }
@@ -186,7 +192,43 @@ impl Net {
                 Output::CloseServer => self.relay_leave(i),
                 Output::Peer { peer, command } => self.pc_command(i, peer, command),
                 Output::Event(Event::Chat { from, text }) => self.chats.push((i, from, text)),
+                Output::Event(Event::Transfer { event }) => {
+                    if let transfer::TransferEvent::Offered { id, .. } = &event {
+                        let id = transfer::id_from_hex(id).unwrap();
+                        self.sessions[i]
+                            .accept_transfer(&id, None, self.now)
+                            .unwrap();
+                    }
+                    self.transfer_events.push((i, event));
+                }
                 Output::Event(_) => {}
+                Output::ReadChunk {
+                    id,
+                    file,
+                    chunk,
+                    offset,
+                    len,
+                } => {
+                    let data = self.sources[&id][file as usize]
+                        [offset as usize..offset as usize + len as usize]
+                        .to_vec();
+                    self.sessions[i].chunk_read(&id, file, chunk, data, self.now);
+                }
+                Output::WriteChunk {
+                    id,
+                    file,
+                    chunk,
+                    offset,
+                    data,
+                } => {
+                    let f = self.disk.entry((i, id, file)).or_default();
+                    let end = offset as usize + data.len();
+                    if f.len() < end {
+                        f.resize(end, 0);
+                    }
+                    f[offset as usize..end].copy_from_slice(&data);
+                    self.sessions[i].chunk_written(&id, file, chunk, self.now);
+                }
             }
         }
     }
@@ -380,6 +422,19 @@ impl Net {
                         to: target,
                         peer: me.unwrap(),
                         event: PeerEvent::Text(text),
+                    },
+                );
+            }
+            PeerCommand::SendBinary(bytes) => {
+                // One ordered channel: keep delivery order per pair.
+                let target = self.index_of(&peer).unwrap();
+                let lat = self.ordered_latency((target + 1000 * (i + 1), true));
+                self.schedule(
+                    lat,
+                    Delivery::Peer {
+                        to: target,
+                        peer: me.unwrap(),
+                        event: PeerEvent::Binary(bytes),
                     },
                 );
             }
@@ -666,6 +721,70 @@ fn join_timeout_reconnects_with_backoff() {
     net.server_up = true;
     net.run_until(10_000);
     assert_eq!(net.sessions[a].server_state(), ServerState::Joined);
+}
+
+#[test]
+fn a_folder_swaps_between_two_sessions() {
+    let mut net = Net::new(12);
+    let a = net.add_session();
+    let b = net.add_session();
+    net.run_until(2_000);
+    assert!(net.all_connected());
+    let chunk = net.sessions[a].config.transfer.chunk_size;
+    let files: Vec<(String, Vec<u8>)> = vec![
+        (
+            "album/one.jpg".into(),
+            (0..700_000u32).map(|i| (i % 251) as u8).collect(),
+        ),
+        ("album/empty.txt".into(), Vec::new()),
+        ("readme.md".into(), b"hello".to_vec()),
+    ];
+    let sources = files
+        .iter()
+        .map(|(path, bytes)| {
+            let mut h = transfer::tree::FileHasher::new(bytes.len() as u64, chunk);
+            if bytes.is_empty() {
+                h.update(&[]);
+            }
+            for c in bytes.chunks(chunk as usize) {
+                h.update(c);
+            }
+            transfer::SourceFile {
+                path: path.clone(),
+                size: bytes.len() as u64,
+                digest: h.finish().unwrap(),
+            }
+        })
+        .collect();
+    let id = [5u8; 16];
+    net.sources
+        .insert(id, files.iter().map(|(_, b)| b.clone()).collect());
+    let idb = net.id_of(b);
+    net.sessions[a]
+        .offer_files(&idb, id, sources, net.now)
+        .unwrap();
+    net.drain(a);
+    net.run_until(10_000);
+    let done = |who: usize| {
+        net.transfer_events
+            .iter()
+            .any(|(i, e)| *i == who && matches!(e, transfer::TransferEvent::Completed { .. }))
+    };
+    assert!(done(a) && done(b));
+    for (k, (_, bytes)) in files.iter().enumerate() {
+        assert_eq!(
+            net.disk
+                .get(&(b, id, k as u32))
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            bytes.as_slice()
+        );
+    }
+    // Chat still works alongside.
+    net.sessions[b].send_chat("got it").unwrap();
+    net.drain(b);
+    net.run_until(11_000);
+    assert_eq!(net.chats.last().unwrap().2, "got it");
 }
 
 #[test]
