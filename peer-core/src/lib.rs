@@ -1016,6 +1016,15 @@ impl Session {
         self.pump_transfers();
     }
 
+    /// Peers whose data channel is open.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.channel_open))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The transfer engine, for saved progress and file lists.
     pub fn transfers(&self) -> &TransferEngine {
         &self.transfers

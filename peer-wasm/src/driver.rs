@@ -12,7 +12,11 @@ use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::Error;
+use crate::files::{self, Sink, SinkJob};
 use crate::peer::PeerConn;
+use ferry_core::transfer::{TransferEvent, TransferId, id_from_hex};
+use js_sys::{Array, Promise};
+use web_sys::File;
 
 pub(crate) type Shared = Rc<RefCell<Driver>>;
 pub(crate) type WeakShared = Weak<RefCell<Driver>>;
@@ -31,6 +35,16 @@ struct Options {
     /// Override of the per-link connect timeout, in milliseconds.
     #[serde(default)]
     connect_timeout_ms: Option<u64>,
+    /// The peer id this tab had before a reload, to keep it.
+    #[serde(default)]
+    rejoin_as: Option<String>,
+    /// URL of the OPFS writer worker script.
+    #[serde(default = "default_sink_url")]
+    sink_worker_url: String,
+}
+
+fn default_sink_url() -> String {
+    "sink-worker.js".into()
 }
 
 struct Ws {
@@ -62,6 +76,10 @@ pub(crate) struct Driver {
     on_event: js_sys::Function,
     timer: Option<i32>,
     timer_cb: Option<Closure<dyn FnMut()>>,
+    outgoing_files: HashMap<TransferId, Vec<File>>,
+    sink: Option<Sink>,
+    sink_url: String,
+    last_save: HashMap<TransferId, u64>,
 }
 
 fn performance_now() -> f64 {
@@ -112,8 +130,141 @@ impl Driver {
                     conn.perform(command);
                 }
             }
+            Output::ReadChunk { id, file, chunk, offset, len } => {
+                let source = self.outgoing_files.get(&id).and_then(|f| f.get(file as usize)).cloned();
+                let weak = weak.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    let result = match &source {
+                        Some(f) => files::read_slice(f, offset, len).await,
+                        None => Err(Error::Js("the file is no longer available".into())),
+                    };
+                    with_session(&weak, move |d, now| match result {
+                        Ok(data) => d.session.chunk_read(&id, file, chunk, data, now),
+                        Err(e) => d.session.read_failed(&id, &e.to_string()),
+                    });
+                });
+            }
+            Output::WriteChunk { id, file, chunk, offset, data } => {
+                let result = self.sink_write(weak, &id, file, chunk, offset, &data);
+                if let Err(e) = result {
+                    let weak = weak.clone();
+                    let reason = e.to_string();
+                    wasm_bindgen_futures::spawn_local(async move {
+                        with_session(&weak, move |d, _| d.session.write_failed(&id, &reason));
+                    });
+                }
+            }
             Output::Event(_) => {}
             _ => {}
+        }
+    }
+
+    fn sink(&mut self, weak: &WeakShared) -> Result<&mut Sink, Error> {
+        if self.sink.is_none() {
+            let pending: Rc<RefCell<HashMap<u32, SinkJob>>> = Rc::default();
+            let (w, p) = (weak.clone(), pending.clone());
+            let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+                let data = e.data();
+                let get = |k: &str| js_sys::Reflect::get(&data, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+                let seq = get("seq").as_f64().unwrap_or(-1.0) as u32;
+                let ok = get("ok").as_bool().unwrap_or(false);
+                let error = get("error").as_string().unwrap_or_else(|| "unknown storage error".into());
+                let Some(job) = p.borrow_mut().remove(&seq) else { return };
+                match job {
+                    SinkJob::Write { id, file, chunk } => with_session(&w, move |d, now| {
+                        if ok {
+                            d.session.chunk_written(&id, file, chunk, now);
+                        } else {
+                            d.session.write_failed(&id, &error);
+                        }
+                    }),
+                    SinkJob::Promise { resolve, reject } => {
+                        let _ = if ok {
+                            resolve.call1(&JsValue::NULL, &get("file"))
+                        } else {
+                            reject.call1(&JsValue::NULL, &js_sys::Error::new(&error))
+                        };
+                    }
+                    SinkJob::Quiet => {
+                        if !ok {
+                            log_error(&format!("storage: {error}"));
+                        }
+                    }
+                }
+            });
+            self.sink = Some(Sink::new(&self.sink_url, on_message, pending)?);
+        }
+        self.sink.as_mut().ok_or_else(|| Error::Js("no storage worker".into()))
+    }
+
+    fn file_path(&self, id: &TransferId, file: u32) -> Result<String, Error> {
+        let manifest = self
+            .session
+            .transfers()
+            .manifest_hash(id)
+            .ok_or_else(|| Error::Js("no such download".into()))?;
+        Ok(format!("{}/{file}", files::opfs_dir(&manifest)))
+    }
+
+    fn sink_write(&mut self, weak: &WeakShared, id: &TransferId, file: u32, chunk: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let path = self.file_path(id, file)?;
+        self.sink(weak)?.write(&path, offset, data, SinkJob::Write { id: *id, file, chunk })
+    }
+
+    fn save_progress(&mut self, id: &TransferId) {
+        let t = self.session.transfers();
+        if let (Some(m), Some(have)) = (t.manifest_hash(id), t.have_maps(id)) {
+            files::save_progress(&m, t.config().chunk_size, have);
+        }
+    }
+
+    /// Side effects of transfer events on storage; returns a replacement
+    /// event type for the page, if any.
+    fn on_transfer_event(&mut self, event: &TransferEvent, weak: &WeakShared, now: u64) -> Option<&'static str> {
+        let incoming = |d: &Self, id: &str| id_from_hex(id).filter(|i| d.session.transfers().manifest_hash(i).is_some());
+        match event {
+            TransferEvent::Offered { id, .. } => {
+                let id = incoming(self, id)?;
+                let t = self.session.transfers();
+                let manifest = t.manifest_hash(&id)?;
+                let sizes: Vec<u64> = t.files(&id)?.iter().map(|f| f.size).collect();
+                let have = files::load_progress(&manifest, t.config().chunk_size, &sizes)?;
+                // Accepted before this reload: resume without asking again.
+                self.session.accept_transfer(&id, Some(have), now).ok()?;
+                Some("resuming")
+            }
+            TransferEvent::Progress { id, .. } => {
+                let id = incoming(self, id)?;
+                if self.last_save.get(&id).is_none_or(|t| now.saturating_sub(*t) >= 500) {
+                    self.last_save.insert(id, now);
+                    self.save_progress(&id);
+                }
+                None
+            }
+            TransferEvent::FileVerified { id, .. } => {
+                let id = incoming(self, id)?;
+                self.save_progress(&id);
+                None
+            }
+            TransferEvent::Completed { id } | TransferEvent::Declined { id, .. } | TransferEvent::Failed { id, .. } | TransferEvent::Cancelled { id, .. } => {
+                let tid = id_from_hex(id)?;
+                self.outgoing_files.remove(&tid);
+                let manifest = self.session.transfers().manifest_hash(&tid)?;
+                match event {
+                    TransferEvent::Completed { .. } => files::forget_progress(&manifest),
+                    TransferEvent::Cancelled { .. } => {
+                        // Nothing partial may look complete: remove it all.
+                        files::forget_progress(&manifest);
+                        let dir = files::opfs_dir(&manifest);
+                        if let Ok(sink) = self.sink(weak) {
+                            let _ = sink.simple("delete", "dir", &dir, SinkJob::Quiet);
+                        }
+                    }
+                    _ => self.save_progress(&tid),
+                }
+                None
+            }
+            _ => None,
         }
     }
 
@@ -308,7 +459,16 @@ fn pump(shared: &Shared) {
         let mut events = Vec::new();
         while let Some(out) = d.session.poll_output() {
             match out {
-                Output::Event(e) => events.push(e),
+                Output::Event(e) => {
+                    let replace = match &e {
+                        Event::Transfer { event } => {
+                            let now = d.now();
+                            d.on_transfer_event(event, &weak, now)
+                        }
+                        _ => None,
+                    };
+                    events.push((e, replace));
+                }
                 other => d.perform(other, &weak),
             }
         }
@@ -316,15 +476,21 @@ fn pump(shared: &Shared) {
         (events, d.on_event.clone())
     };
     // Deliver with no borrow held: the page may call back into the client.
-    for event in events {
-        dispatch(&on_event, &event);
+    for (event, replace) in events {
+        dispatch(&on_event, &event, replace);
     }
 }
 
-fn dispatch(on_event: &js_sys::Function, event: &Event) {
+fn dispatch(on_event: &js_sys::Function, event: &Event, replace: Option<&str>) {
     let serializer = serde_wasm_bindgen::Serializer::json_compatible();
     match event.serialize(&serializer) {
         Ok(value) => {
+            if let Some(kind) = replace {
+                // The page sees e.g. `resuming` instead of `offered`.
+                if let Ok(inner) = js_sys::Reflect::get(&value, &JsValue::from_str("event")) {
+                    let _ = js_sys::Reflect::set(&inner, &JsValue::from_str("type"), &JsValue::from_str(kind));
+                }
+            }
             if let Err(e) = on_event.call1(&JsValue::NULL, &value) {
                 log_error(&format!("event handler threw: {}", Error::from(e)));
             }
@@ -366,6 +532,7 @@ impl FerryClient {
             .filter(js_sys::Array::is_array)
             .unwrap_or_else(|| js_sys::Array::new().into());
         let mut config = Config::new(room, opts.name);
+        config.rejoin_as = opts.rejoin_as.and_then(|id| PeerId::new(id).ok());
         if let Some(ms) = opts.connect_timeout_ms {
             config.connect_timeout = ms;
         }
@@ -382,6 +549,10 @@ impl FerryClient {
             on_event,
             timer: None,
             timer_cb: None,
+            outgoing_files: HashMap::new(),
+            sink: None,
+            sink_url: opts.sink_worker_url,
+            last_save: HashMap::new(),
         }));
         pump(&shared);
         Ok(FerryClient { shared })
@@ -401,6 +572,110 @@ impl FerryClient {
         self.shared.borrow_mut().session.leave();
         pump(&self.shared);
         self.shared.borrow_mut().shutdown();
+    }
+
+    /// Offers files to peers. `paths` gives each file's relative path (for
+    /// folders); `peers` lists peer ids, or is empty for everyone connected.
+    /// Hashes the files first (reading them in slices, never whole) and
+    /// resolves with the transfer ids.
+    #[wasm_bindgen(js_name = offerFiles)]
+    pub fn offer_files(&self, files: Array, paths: Array, peers: Array) -> Promise {
+        let weak = Rc::downgrade(&self.shared);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let files: Vec<File> = files.iter().map(|f| f.dyn_into::<File>()).collect::<Result<_, _>>().map_err(|_| Error::Options("files must be File objects".into()))?;
+            let paths: Vec<String> = paths.iter().map(|p| p.as_string().unwrap_or_default()).collect();
+            let peers: Vec<String> = peers.iter().filter_map(|p| p.as_string()).collect();
+            let chunk_size = {
+                let shared = weak.upgrade().ok_or_else(|| Error::Js("client closed".into()))?;
+                let cs = shared.borrow().session.transfers().config().chunk_size;
+                cs
+            };
+            let mut sources = Vec::with_capacity(files.len());
+            for (i, f) in files.iter().enumerate() {
+                let digest = files::hash_file(f, chunk_size).await?;
+                let path = paths.get(i).filter(|p| !p.is_empty()).cloned().unwrap_or_else(|| f.name());
+                sources.push(ferry_core::transfer::SourceFile { path, size: f.size() as u64, digest });
+            }
+            let shared = weak.upgrade().ok_or_else(|| Error::Js("client closed".into()))?;
+            let ids = Array::new();
+            {
+                let mut d = shared.borrow_mut();
+                let now = d.now();
+                let targets: Vec<PeerId> = if peers.is_empty() {
+                    d.session.connected_peers()
+                } else {
+                    peers.iter().filter_map(|p| PeerId::new(p.as_str()).ok()).collect()
+                };
+                if targets.is_empty() {
+                    return Err(Error::Core(ferry_core::Error::NoConnectedPeers).into());
+                }
+                for peer in targets {
+                    let id = files::random_id()?;
+                    d.session.offer_files(&peer, id, sources.clone(), now).map_err(Error::from)?;
+                    d.outgoing_files.insert(id, files.clone());
+                    ids.push(&JsValue::from_str(&files::hex(&id)));
+                }
+            }
+            pump(&shared);
+            Ok(ids.into())
+        })
+    }
+
+    /// Accepts an offer (resuming saved progress if there is any).
+    #[wasm_bindgen(js_name = acceptTransfer)]
+    pub fn accept_transfer(&self, id: &str) -> Result<(), Error> {
+        let id = id_from_hex(id).ok_or_else(|| Error::Options("bad transfer id".into()))?;
+        {
+            let mut d = self.shared.borrow_mut();
+            let now = d.now();
+            let t = d.session.transfers();
+            let resume = t.manifest_hash(&id).zip(t.files(&id)).and_then(|(m, f)| {
+                let sizes: Vec<u64> = f.iter().map(|f| f.size).collect();
+                files::load_progress(&m, t.config().chunk_size, &sizes)
+            });
+            d.session.accept_transfer(&id, resume, now)?;
+        }
+        pump(&self.shared);
+        Ok(())
+    }
+
+    /// Declines an offer.
+    #[wasm_bindgen(js_name = declineTransfer)]
+    pub fn decline_transfer(&self, id: &str, reason: &str) -> Result<(), Error> {
+        let id = id_from_hex(id).ok_or_else(|| Error::Options("bad transfer id".into()))?;
+        self.shared.borrow_mut().session.decline_transfer(&id, reason)?;
+        pump(&self.shared);
+        Ok(())
+    }
+
+    /// Cancels a transfer in either direction.
+    #[wasm_bindgen(js_name = cancelTransfer)]
+    pub fn cancel_transfer(&self, id: &str) -> Result<(), Error> {
+        let id = id_from_hex(id).ok_or_else(|| Error::Options("bad transfer id".into()))?;
+        self.shared.borrow_mut().session.cancel_transfer(&id, "cancelled by the user")?;
+        pump(&self.shared);
+        Ok(())
+    }
+
+    /// A received, verified file as a `File` (backed by disk, not memory),
+    /// ready to hand to the user as a download.
+    #[wasm_bindgen(js_name = savedFile)]
+    pub fn saved_file(&self, id: &str, file: u32) -> Promise {
+        let shared = self.shared.clone();
+        let id = id_from_hex(id);
+        Promise::new(&mut |resolve, reject| {
+            let weak = Rc::downgrade(&shared);
+            let mut d = shared.borrow_mut();
+            let result = id
+                .ok_or_else(|| Error::Options("bad transfer id".into()))
+                .and_then(|id| d.file_path(&id, file))
+                .and_then(|path| {
+                    d.sink(&weak)?.simple("file", "path", &path, SinkJob::Promise { resolve, reject: reject.clone() })
+                });
+            if let Err(e) = result {
+                let _ = reject.call1(&JsValue::NULL, &JsValue::from(e));
+            }
+        })
     }
 
     /// Our peer id, once joined.

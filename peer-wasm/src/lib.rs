@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod driver;
+mod files;
 mod peer;
 
 use ferry_protocol::RoomCode;

@@ -21,6 +21,8 @@ use crate::driver::{WeakShared, feed_peer, log_error};
 /// Handlers of the data channel, kept alive as long as the connection.
 struct Channel {
     dc: RtcDataChannel,
+    queue: Rc<RefCell<std::collections::VecDeque<Vec<u8>>>>,
+    _on_low: Closure<dyn FnMut()>,
     _on_open: Closure<dyn FnMut()>,
     _on_close: Closure<dyn FnMut()>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
@@ -31,6 +33,7 @@ impl Drop for Channel {
         self.dc.set_onopen(None);
         self.dc.set_onclose(None);
         self.dc.set_onmessage(None);
+        self.dc.set_onbufferedamountlow(None);
         self.dc.close();
     }
 }
@@ -77,10 +80,21 @@ fn attach_channel(
     });
     let (w, p) = (weak.clone(), peer.clone());
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-        if let Some(text) = e.data().as_string() {
+        let data = e.data();
+        if let Some(text) = data.as_string() {
             feed_peer(&w, &p, generation, PeerEvent::Text(text));
+        } else if let Some(buf) = data.dyn_ref::<js_sys::ArrayBuffer>() {
+            let bytes = js_sys::Uint8Array::new(buf).to_vec();
+            feed_peer(&w, &p, generation, PeerEvent::Binary(bytes));
         }
     });
+    // Binary frames wait here while the channel's send buffer is above the
+    // high-water mark, and go out again on `bufferedamountlow`.
+    let queue: Rc<RefCell<std::collections::VecDeque<Vec<u8>>>> = Rc::default();
+    let (q, dc2) = (queue.clone(), dc.clone());
+    let on_low = Closure::<dyn FnMut()>::new(move || flush_queue(&dc2, &q));
+    dc.set_buffered_amount_low_threshold(LOW_WATER);
+    dc.set_onbufferedamountlow(Some(on_low.as_ref().unchecked_ref()));
     dc.set_onopen(Some(on_open.as_ref().unchecked_ref()));
     dc.set_onclose(Some(on_close.as_ref().unchecked_ref()));
     dc.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -93,9 +107,31 @@ fn attach_channel(
     }
     Channel {
         dc,
+        queue,
         _on_open: on_open,
         _on_close: on_close,
         _on_message: on_message,
+        _on_low: on_low,
+    }
+}
+
+/// Send-buffer level above which binary frames are queued. Chromium breaks
+/// the channel above 16 MiB.
+const HIGH_WATER: u32 = 8 * 1024 * 1024;
+/// Level at which queued frames go out again.
+const LOW_WATER: u32 = 1024 * 1024;
+
+fn flush_queue(dc: &RtcDataChannel, queue: &Rc<RefCell<std::collections::VecDeque<Vec<u8>>>>) {
+    if dc.ready_state() != RtcDataChannelState::Open {
+        return;
+    }
+    let mut q = queue.borrow_mut();
+    while dc.buffered_amount() < HIGH_WATER {
+        let Some(frame) = q.pop_front() else { break };
+        if let Err(e) = dc.send_with_u8_array(&frame) {
+            log_error(&format!("data channel send failed: {}", Error::from(e)));
+            break;
+        }
     }
 }
 
@@ -185,6 +221,12 @@ impl PeerConn {
                     && let Err(e) = ch.dc.send_with_str(&text)
                 {
                     log_error(&format!("data channel send failed: {}", Error::from(e)));
+                }
+            }
+            PeerCommand::SendBinary(frame) => {
+                if let Some(ch) = self.channel.borrow().as_ref() {
+                    ch.queue.borrow_mut().push_back(frame);
+                    flush_queue(&ch.dc, &ch.queue);
                 }
             }
             PeerCommand::AddCandidate {
