@@ -66,7 +66,16 @@ function renderPeers() {
   });
 }
 
+function renderRecipients() {
+  const sel = $("recipient");
+  const current = sel.value;
+  const options = [["", "everyone"], ...[...peers].filter(([, p]) => p.state === "connected").map(([id, p]) => [id, p.name || `Peer ${id.slice(0, 4)}`])];
+  sel.replaceChildren(...options.map(([value, label]) => Object.assign(document.createElement("option"), { value, textContent: label })));
+  if (options.some(([v]) => v === current)) sel.value = current;
+}
+
 function renderPeersNow() {
+  renderRecipients();
   const list = $("peers");
   list.replaceChildren();
   const me = document.createElement("li");
@@ -188,6 +197,7 @@ function applyEvent(e) {
       break;
     case "joined":
       selfId = e.peer_id;
+      sessionStorage.setItem("ferry.identity", JSON.stringify({ room: e.room, peerId: e.peer_id }));
       ferry.joinedAt = performance.now();
       $("self-id").textContent = `you are ${e.peer_id}`;
       renderPeers();
@@ -224,7 +234,284 @@ function applyEvent(e) {
     case "peer_error":
       console.warn(`peer ${e.peer_id}: ${e.message}`);
       break;
+    case "transfer":
+      applyTransferEvent(e.event);
+      break;
   }
+}
+
+// ---- Files ----------------------------------------------------------------
+
+const transfers = new Map(); // id -> transfer view state
+let transfersDirty = false;
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+function formatEta(ms) {
+  if (ms == null) return "";
+  const s = Math.ceil(ms / 1000);
+  if (s < 60) return `${s}s left`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60}s left`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min left`;
+}
+
+function transfersChanged() {
+  if (transfersDirty) return;
+  transfersDirty = true;
+  requestAnimationFrame(() => { transfersDirty = false; renderTransfers(); });
+}
+
+function applyTransferEvent(t) {
+  const x = transfers.get(t.id);
+  switch (t.type) {
+    case "offered":
+    case "resuming":
+      transfers.set(t.id, {
+        id: t.id, dir: "in", peer: t.peer, total: t.total_bytes, done: 0, rate: 0, eta: null,
+        files: t.files.map((f) => ({ path: f.path, size: f.size, verified: false })),
+        state: t.type === "offered" ? "offered" : "active",
+        message: t.type === "resuming" ? "Resuming where it stopped…" : "",
+      });
+      break;
+    case "offer_rejected":
+      showFilesError(`${peerName(t.peer)} offered files that cannot be saved safely and were refused: ${t.reason}`);
+      break;
+    case "accepted":
+      if (x) { x.state = "active"; x.message = ""; }
+      break;
+    case "declined":
+      if (x) { x.state = "declined"; x.message = `Declined${t.reason ? `: ${t.reason}` : ""}`; }
+      break;
+    case "progress":
+      if (x) {
+        x.done = t.done_bytes; x.rate = t.rate_bps; x.eta = t.eta_ms;
+        if (x.state === "offered") x.state = "active";
+        if (x.state === "interrupted") { x.state = "active"; x.message = ""; }
+      }
+      break;
+    case "file_verified":
+      if (x) {
+        const f = x.files[t.file];
+        f.verified = true;
+        f.hash = t.hash;
+        client?.savedFile(t.id, t.file).then((file) => {
+          f.url = URL.createObjectURL(file);
+          transfersChanged();
+        }, (err) => { x.message = `Cannot open ${f.path}: ${err.message}`; transfersChanged(); });
+      }
+      break;
+    case "completed":
+      if (x) {
+        x.state = "completed"; x.done = x.total;
+        x.message = x.dir === "in" ? "All files arrived and match their BLAKE3 hashes." : "Delivered and verified by the receiver.";
+      }
+      break;
+    case "cancelled":
+      if (x) {
+        x.state = "cancelled";
+        for (const f of x.files) if (!f.verified) f.url = null;
+        x.message = t.by_peer ? `Cancelled by ${peerName(x.peer)}${t.reason ? `: ${t.reason}` : ""}` : "Cancelled.";
+        if (x.dir === "in") x.files.forEach((f) => { if (f.url) URL.revokeObjectURL(f.url); f.url = null; f.verified = false; });
+      }
+      break;
+    case "interrupted":
+      if (x) { x.state = "interrupted"; x.message = t.reason; }
+      break;
+    case "failed":
+      if (x) { x.state = "failed"; x.message = t.reason; }
+      break;
+  }
+  transfersChanged();
+}
+
+function showFilesError(text) {
+  const el = $("files-error");
+  el.textContent = text || "";
+  el.hidden = !text;
+}
+
+const STATE_TEXT = {
+  hashing: "Preparing…", offered: "Waiting for an answer", active: "Transferring", completed: "Done",
+  cancelled: "Cancelled", declined: "Declined", failed: "Failed", interrupted: "Paused",
+};
+
+function renderTransfers() {
+  const list = $("transfers");
+  const wanted = [...transfers.values()].reverse().map(renderTransfer);
+  // Keep existing elements (and the buttons in them) where they are, so that
+  // progress updates never swap a button out from under the pointer.
+  wanted.forEach((li, i) => { if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null); });
+  while (list.children.length > wanted.length) list.lastChild.remove();
+}
+
+function shapeOf(x) {
+  return JSON.stringify([x.id, x.state, x.message, x.peer, x.files.map((f) => [f.verified, !!f.url])]);
+}
+
+function updateProgress(x) {
+  const v = x.view;
+  v.fill.style.width = `${x.total ? Math.min(100, (100 * x.done) / x.total) : x.state === "completed" ? 100 : 0}%`;
+  v.stats.textContent = x.state === "active"
+    ? `${formatBytes(x.done)} of ${formatBytes(x.total)} · ${formatBytes(x.rate)}/s · ${formatEta(x.eta)}`
+    : `${formatBytes(x.done)} of ${formatBytes(x.total)}`;
+}
+
+function renderTransfer(x) {
+  const shape = shapeOf(x);
+  if (x.view && x.view.shape === shape) {
+    updateProgress(x);
+    return x.view.li;
+  }
+  const li = x.view?.li || document.createElement("li");
+  li.replaceChildren();
+  li.className = "transfer";
+  li.dataset.transferId = x.id;
+  li.dataset.direction = x.dir;
+  li.dataset.state = x.state;
+  const head = document.createElement("div");
+  head.className = "transfer-head";
+  const title = document.createElement("div");
+  const n = x.files.length;
+  const what = n === 1 ? x.files[0].path : `${n} files`;
+  title.innerHTML = "";
+  title.append(
+    Object.assign(document.createElement("div"), { className: "transfer-title", textContent: x.dir === "in" ? `${peerName(x.peer)} sends ${what}` : `${what} to ${x.peer ? peerName(x.peer) : "…"}` }),
+    Object.assign(document.createElement("div"), { className: "transfer-sub", textContent: `${formatBytes(x.total)} · ${STATE_TEXT[x.state] || x.state}` }),
+  );
+  const actions = document.createElement("div");
+  actions.className = "transfer-actions";
+  const button = (label, testid, cls, fn) => {
+    const b = Object.assign(document.createElement("button"), { className: `btn ${cls}`, textContent: label });
+    b.dataset.testid = testid;
+    b.addEventListener("click", fn);
+    actions.append(b);
+  };
+  if (x.dir === "in" && x.state === "offered") {
+    button("Accept", "accept-transfer", "btn-primary", () => act(() => { client.acceptTransfer(x.id); x.state = "active"; x.message = ""; }));
+    button("Decline", "decline-transfer", "", () => act(() => { client.declineTransfer(x.id, "declined"); x.state = "declined"; x.message = "You declined."; }));
+  } else if (["offered", "active", "interrupted"].includes(x.state) && x.id) {
+    button("Cancel", "cancel-transfer", "btn-ghost", () => act(() => client.cancelTransfer(x.id)));
+  }
+  head.append(title, actions);
+  li.append(head);
+  const bar = Object.assign(document.createElement("div"), { className: "bar" });
+  const fill = document.createElement("span");
+  bar.append(fill);
+  const stats = Object.assign(document.createElement("div"), { className: "transfer-sub" });
+  stats.dataset.testid = "transfer-stats";
+  if (x.state !== "offered" || x.dir === "out") li.append(bar, stats);
+  x.view = { li, shape, fill, stats };
+  updateProgress(x);
+  const files = document.createElement("ul");
+  files.className = "transfer-files";
+  for (const [i, f] of x.files.slice(0, 8).entries()) {
+    const row = document.createElement("li");
+    row.dataset.file = String(i);
+    row.dataset.verified = String(f.verified);
+    if (f.hash) row.dataset.hash = f.hash;
+    row.append(
+      Object.assign(document.createElement("span"), { className: "fname", textContent: f.path, title: f.path }),
+      Object.assign(document.createElement("span"), { className: "fsize", textContent: formatBytes(f.size) }),
+    );
+    if (f.verified && x.dir === "in" && x.state !== "cancelled") {
+      const badge = Object.assign(document.createElement("span"), { className: "badge badge-ok", textContent: "✓ verified", title: `BLAKE3 ${f.hash}` });
+      badge.dataset.testid = "verified";
+      row.append(badge);
+      if (f.url) {
+        const a = Object.assign(document.createElement("a"), { className: "save", href: f.url, textContent: "Save", download: f.path.split("/").join("_") });
+        a.dataset.testid = "save-file";
+        row.append(a);
+      }
+    }
+    files.append(row);
+  }
+  if (x.files.length > 8) files.append(Object.assign(document.createElement("li"), { className: "transfer-sub", textContent: `and ${x.files.length - 8} more` }));
+  li.append(files);
+  if (x.message) {
+    const m = Object.assign(document.createElement("div"), { className: "transfer-msg", textContent: x.message });
+    m.dataset.testid = "transfer-message";
+    li.append(m);
+  }
+  return li;
+}
+
+function act(fn) {
+  try { fn(); showFilesError(null); } catch (err) { showFilesError(err.message); }
+  transfersChanged();
+}
+
+async function sendFiles(list) {
+  if (!client) return;
+  const items = list.filter(({ file }) => file);
+  if (!items.length) return;
+  const target = $("recipient").value;
+  const placeholder = { id: null, dir: "out", peer: target || null, total: items.reduce((a, { file }) => a + file.size, 0), done: 0, rate: 0, eta: null,
+    files: items.map(({ file, path }) => ({ path: path || file.name, size: file.size, verified: false })), state: "hashing", message: "Computing BLAKE3 hashes…" };
+  const key = `pending-${Math.random()}`;
+  transfers.set(key, placeholder);
+  transfersChanged();
+  try {
+    const ids = await client.offerFiles(items.map((i) => i.file), items.map((i) => i.path || i.file.name), target ? [target] : []);
+    transfers.delete(key);
+    const targets = target ? [target] : [...peers].filter(([, p]) => p.state === "connected").map(([id]) => id);
+    ids.forEach((id, i) => transfers.set(id, { ...placeholder, id, peer: targets[i] ?? null, state: "offered", message: "Waiting for them to accept…" }));
+    showFilesError(null);
+  } catch (err) {
+    transfers.delete(key);
+    showFilesError(err.message.includes("no peer") ? "Nobody is connected yet. Share the link, then send the files." : `Could not send: ${err.message}`);
+  }
+  transfersChanged();
+}
+
+// Walks dropped folders; files keep their path relative to what was dropped.
+async function collectDropped(dataTransfer) {
+  const out = [];
+  const walk = async (entry, prefix) => {
+    if (entry.isFile) {
+      const file = await new Promise((res, rej) => entry.file(res, rej));
+      out.push({ file, path: prefix + entry.name });
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+        if (!batch.length) break;
+        for (const e of batch) await walk(e, `${prefix}${entry.name}/`);
+      }
+    }
+  };
+  const entries = [...dataTransfer.items].map((i) => i.webkitGetAsEntry?.()).filter(Boolean);
+  if (entries.length) {
+    for (const e of entries) await walk(e, "");
+  } else {
+    for (const file of dataTransfer.files) out.push({ file, path: file.name });
+  }
+  return out;
+}
+
+function setUpFiles() {
+  $("pick-files").addEventListener("change", (e) => {
+    sendFiles([...e.target.files].map((file) => ({ file, path: file.name })));
+    e.target.value = "";
+  });
+  $("pick-folder").addEventListener("change", (e) => {
+    sendFiles([...e.target.files].map((file) => ({ file, path: file.webkitRelativePath || file.name })));
+    e.target.value = "";
+  });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", async (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    sendFiles(await collectDropped(e.dataTransfer));
+  });
 }
 
 function serverErrorText(e) {
@@ -290,7 +577,10 @@ function enterRoom(code) {
     pendingStart = null;
     ferry.startedAt = performance.now();
     ferry.openedAt = {};
-    client = new FerryClient({ serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [] }, onEvent);
+    // After a reload, ask for the same peer id so that transfers resume.
+    const previous = JSON.parse(sessionStorage.getItem("ferry.identity") || "null");
+    const rejoinAs = previous && previous.room === code ? previous.peerId : undefined;
+    client = new FerryClient({ serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs }, onEvent);
     ferry.client = client;
     // The QR code and the URL can wait until the handshake is done.
     afterHandshake(() => {
@@ -304,6 +594,8 @@ function enterRoom(code) {
 function leaveRoom(toLanding = true) {
   pendingEvents = [];
   pendingStart = null;
+  transfers.clear();
+  transfersChanged();
   if (client) {
     try { client.leave(); } catch (err) { console.warn(err); }
     client.free();
@@ -357,6 +649,7 @@ async function main() {
     }
   });
   $("leave").addEventListener("click", () => leaveRoom(true));
+  setUpFiles();
   $("copy-link").addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText($("room-link").value);

@@ -130,8 +130,18 @@ impl Driver {
                     conn.perform(command);
                 }
             }
-            Output::ReadChunk { id, file, chunk, offset, len } => {
-                let source = self.outgoing_files.get(&id).and_then(|f| f.get(file as usize)).cloned();
+            Output::ReadChunk {
+                id,
+                file,
+                chunk,
+                offset,
+                len,
+            } => {
+                let source = self
+                    .outgoing_files
+                    .get(&id)
+                    .and_then(|f| f.get(file as usize))
+                    .cloned();
                 let weak = weak.clone();
                 wasm_bindgen_futures::spawn_local(async move {
                     let result = match &source {
@@ -144,7 +154,13 @@ impl Driver {
                     });
                 });
             }
-            Output::WriteChunk { id, file, chunk, offset, data } => {
+            Output::WriteChunk {
+                id,
+                file,
+                chunk,
+                offset,
+                data,
+            } => {
                 let result = self.sink_write(weak, &id, file, chunk, offset, &data);
                 if let Err(e) = result {
                     let weak = weak.clone();
@@ -165,11 +181,17 @@ impl Driver {
             let (w, p) = (weak.clone(), pending.clone());
             let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
                 let data = e.data();
-                let get = |k: &str| js_sys::Reflect::get(&data, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+                let get = |k: &str| {
+                    js_sys::Reflect::get(&data, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED)
+                };
                 let seq = get("seq").as_f64().unwrap_or(-1.0) as u32;
                 let ok = get("ok").as_bool().unwrap_or(false);
-                let error = get("error").as_string().unwrap_or_else(|| "unknown storage error".into());
-                let Some(job) = p.borrow_mut().remove(&seq) else { return };
+                let error = get("error")
+                    .as_string()
+                    .unwrap_or_else(|| "unknown storage error".into());
+                let Some(job) = p.borrow_mut().remove(&seq) else {
+                    return;
+                };
                 match job {
                     SinkJob::Write { id, file, chunk } => with_session(&w, move |d, now| {
                         if ok {
@@ -194,7 +216,9 @@ impl Driver {
             });
             self.sink = Some(Sink::new(&self.sink_url, on_message, pending)?);
         }
-        self.sink.as_mut().ok_or_else(|| Error::Js("no storage worker".into()))
+        self.sink
+            .as_mut()
+            .ok_or_else(|| Error::Js("no storage worker".into()))
     }
 
     fn file_path(&self, id: &TransferId, file: u32) -> Result<String, Error> {
@@ -206,9 +230,26 @@ impl Driver {
         Ok(format!("{}/{file}", files::opfs_dir(&manifest)))
     }
 
-    fn sink_write(&mut self, weak: &WeakShared, id: &TransferId, file: u32, chunk: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
+    fn sink_write(
+        &mut self,
+        weak: &WeakShared,
+        id: &TransferId,
+        file: u32,
+        chunk: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Error> {
         let path = self.file_path(id, file)?;
-        self.sink(weak)?.write(&path, offset, data, SinkJob::Write { id: *id, file, chunk })
+        self.sink(weak)?.write(
+            &path,
+            offset,
+            data,
+            SinkJob::Write {
+                id: *id,
+                file,
+                chunk,
+            },
+        )
     }
 
     fn save_progress(&mut self, id: &TransferId) {
@@ -220,8 +261,15 @@ impl Driver {
 
     /// Side effects of transfer events on storage; returns a replacement
     /// event type for the page, if any.
-    fn on_transfer_event(&mut self, event: &TransferEvent, weak: &WeakShared, now: u64) -> Option<&'static str> {
-        let incoming = |d: &Self, id: &str| id_from_hex(id).filter(|i| d.session.transfers().manifest_hash(i).is_some());
+    fn on_transfer_event(
+        &mut self,
+        event: &TransferEvent,
+        weak: &WeakShared,
+        now: u64,
+    ) -> Option<&'static str> {
+        let incoming = |d: &Self, id: &str| {
+            id_from_hex(id).filter(|i| d.session.transfers().manifest_hash(i).is_some())
+        };
         match event {
             TransferEvent::Offered { id, .. } => {
                 let id = incoming(self, id)?;
@@ -235,7 +283,11 @@ impl Driver {
             }
             TransferEvent::Progress { id, .. } => {
                 let id = incoming(self, id)?;
-                if self.last_save.get(&id).is_none_or(|t| now.saturating_sub(*t) >= 500) {
+                if self
+                    .last_save
+                    .get(&id)
+                    .is_none_or(|t| now.saturating_sub(*t) >= 500)
+                {
                     self.last_save.insert(id, now);
                     self.save_progress(&id);
                 }
@@ -246,7 +298,10 @@ impl Driver {
                 self.save_progress(&id);
                 None
             }
-            TransferEvent::Completed { id } | TransferEvent::Declined { id, .. } | TransferEvent::Failed { id, .. } | TransferEvent::Cancelled { id, .. } => {
+            TransferEvent::Completed { id }
+            | TransferEvent::Declined { id, .. }
+            | TransferEvent::Failed { id, .. }
+            | TransferEvent::Cancelled { id, .. } => {
                 let tid = id_from_hex(id)?;
                 self.outgoing_files.remove(&tid);
                 let manifest = self.session.transfers().manifest_hash(&tid)?;
@@ -488,7 +543,11 @@ fn dispatch(on_event: &js_sys::Function, event: &Event, replace: Option<&str>) {
             if let Some(kind) = replace {
                 // The page sees e.g. `resuming` instead of `offered`.
                 if let Ok(inner) = js_sys::Reflect::get(&value, &JsValue::from_str("event")) {
-                    let _ = js_sys::Reflect::set(&inner, &JsValue::from_str("type"), &JsValue::from_str(kind));
+                    let _ = js_sys::Reflect::set(
+                        &inner,
+                        &JsValue::from_str("type"),
+                        &JsValue::from_str(kind),
+                    );
                 }
             }
             if let Err(e) = on_event.call1(&JsValue::NULL, &value) {
@@ -569,6 +628,15 @@ impl FerryClient {
     /// Leaves the room, closing the signaling connection and every peer
     /// connection.
     pub fn leave(&self) {
+        {
+            // Record exactly what is stored, so a reload refetches only the
+            // chunks that were still in flight.
+            let mut d = self.shared.borrow_mut();
+            let ids = d.session.transfers().incoming_ids();
+            for id in ids {
+                d.save_progress(&id);
+            }
+        }
         self.shared.borrow_mut().session.leave();
         pump(&self.shared);
         self.shared.borrow_mut().shutdown();
@@ -582,21 +650,40 @@ impl FerryClient {
     pub fn offer_files(&self, files: Array, paths: Array, peers: Array) -> Promise {
         let weak = Rc::downgrade(&self.shared);
         wasm_bindgen_futures::future_to_promise(async move {
-            let files: Vec<File> = files.iter().map(|f| f.dyn_into::<File>()).collect::<Result<_, _>>().map_err(|_| Error::Options("files must be File objects".into()))?;
-            let paths: Vec<String> = paths.iter().map(|p| p.as_string().unwrap_or_default()).collect();
+            let files: Vec<File> = files
+                .iter()
+                .map(|f| f.dyn_into::<File>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| Error::Options("files must be File objects".into()))?;
+            let paths: Vec<String> = paths
+                .iter()
+                .map(|p| p.as_string().unwrap_or_default())
+                .collect();
             let peers: Vec<String> = peers.iter().filter_map(|p| p.as_string()).collect();
             let chunk_size = {
-                let shared = weak.upgrade().ok_or_else(|| Error::Js("client closed".into()))?;
+                let shared = weak
+                    .upgrade()
+                    .ok_or_else(|| Error::Js("client closed".into()))?;
                 let cs = shared.borrow().session.transfers().config().chunk_size;
                 cs
             };
             let mut sources = Vec::with_capacity(files.len());
             for (i, f) in files.iter().enumerate() {
                 let digest = files::hash_file(f, chunk_size).await?;
-                let path = paths.get(i).filter(|p| !p.is_empty()).cloned().unwrap_or_else(|| f.name());
-                sources.push(ferry_core::transfer::SourceFile { path, size: f.size() as u64, digest });
+                let path = paths
+                    .get(i)
+                    .filter(|p| !p.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| f.name());
+                sources.push(ferry_core::transfer::SourceFile {
+                    path,
+                    size: f.size() as u64,
+                    digest,
+                });
             }
-            let shared = weak.upgrade().ok_or_else(|| Error::Js("client closed".into()))?;
+            let shared = weak
+                .upgrade()
+                .ok_or_else(|| Error::Js("client closed".into()))?;
             let ids = Array::new();
             {
                 let mut d = shared.borrow_mut();
@@ -604,14 +691,19 @@ impl FerryClient {
                 let targets: Vec<PeerId> = if peers.is_empty() {
                     d.session.connected_peers()
                 } else {
-                    peers.iter().filter_map(|p| PeerId::new(p.as_str()).ok()).collect()
+                    peers
+                        .iter()
+                        .filter_map(|p| PeerId::new(p.as_str()).ok())
+                        .collect()
                 };
                 if targets.is_empty() {
                     return Err(Error::Core(ferry_core::Error::NoConnectedPeers).into());
                 }
                 for peer in targets {
                     let id = files::random_id()?;
-                    d.session.offer_files(&peer, id, sources.clone(), now).map_err(Error::from)?;
+                    d.session
+                        .offer_files(&peer, id, sources.clone(), now)
+                        .map_err(Error::from)?;
                     d.outgoing_files.insert(id, files.clone());
                     ids.push(&JsValue::from_str(&files::hex(&id)));
                 }
@@ -643,7 +735,10 @@ impl FerryClient {
     #[wasm_bindgen(js_name = declineTransfer)]
     pub fn decline_transfer(&self, id: &str, reason: &str) -> Result<(), Error> {
         let id = id_from_hex(id).ok_or_else(|| Error::Options("bad transfer id".into()))?;
-        self.shared.borrow_mut().session.decline_transfer(&id, reason)?;
+        self.shared
+            .borrow_mut()
+            .session
+            .decline_transfer(&id, reason)?;
         pump(&self.shared);
         Ok(())
     }
@@ -652,7 +747,10 @@ impl FerryClient {
     #[wasm_bindgen(js_name = cancelTransfer)]
     pub fn cancel_transfer(&self, id: &str) -> Result<(), Error> {
         let id = id_from_hex(id).ok_or_else(|| Error::Options("bad transfer id".into()))?;
-        self.shared.borrow_mut().session.cancel_transfer(&id, "cancelled by the user")?;
+        self.shared
+            .borrow_mut()
+            .session
+            .cancel_transfer(&id, "cancelled by the user")?;
         pump(&self.shared);
         Ok(())
     }
@@ -670,7 +768,15 @@ impl FerryClient {
                 .ok_or_else(|| Error::Options("bad transfer id".into()))
                 .and_then(|id| d.file_path(&id, file))
                 .and_then(|path| {
-                    d.sink(&weak)?.simple("file", "path", &path, SinkJob::Promise { resolve, reject: reject.clone() })
+                    d.sink(&weak)?.simple(
+                        "file",
+                        "path",
+                        &path,
+                        SinkJob::Promise {
+                            resolve,
+                            reject: reject.clone(),
+                        },
+                    )
                 });
             if let Err(e) = result {
                 let _ = reject.call1(&JsValue::NULL, &JsValue::from(e));

@@ -23,7 +23,10 @@ pub(crate) async fn read_slice(file: &File, offset: u64, len: u32) -> Result<Vec
     let buf = JsFuture::from(blob.array_buffer()).await?;
     let bytes = Uint8Array::new(&buf).to_vec();
     if bytes.len() != len as usize {
-        return Err(Error::Js(format!("{} changed while being sent", file.name())));
+        return Err(Error::Js(format!(
+            "{} changed while being sent",
+            file.name()
+        )));
     }
     Ok(bytes)
 }
@@ -34,12 +37,21 @@ pub(crate) async fn hash_file(file: &File, chunk_size: u32) -> Result<FileDigest
     let mut hasher = FileHasher::new(size, chunk_size);
     for chunk in 0..tree::chunk_count(size, chunk_size) {
         let len = tree::chunk_len(size, chunk_size, chunk) as u32;
-        let data = if len == 0 { Vec::new() } else { read_slice(file, chunk * u64::from(chunk_size), len).await? };
+        let data = if len == 0 {
+            Vec::new()
+        } else {
+            read_slice(file, chunk * u64::from(chunk_size), len).await?
+        };
         if !hasher.update(&data) {
-            return Err(Error::Js(format!("{} changed while being read", file.name())));
+            return Err(Error::Js(format!(
+                "{} changed while being read",
+                file.name()
+            )));
         }
     }
-    hasher.finish().ok_or_else(|| Error::Js(format!("cannot hash {}", file.name())))
+    hasher
+        .finish()
+        .ok_or_else(|| Error::Js(format!("cannot hash {}", file.name())))
 }
 
 /// Where a received file lives in the origin private file system.
@@ -80,7 +92,11 @@ impl Drop for Sink {
 }
 
 impl Sink {
-    pub(crate) fn new(url: &str, on_message: Closure<dyn FnMut(MessageEvent)>, pending: Rc<RefCell<HashMap<u32, SinkJob>>>) -> Result<Self, Error> {
+    pub(crate) fn new(
+        url: &str,
+        on_message: Closure<dyn FnMut(MessageEvent)>,
+        pending: Rc<RefCell<HashMap<u32, SinkJob>>>,
+    ) -> Result<Self, Error> {
         let worker = Worker::new(url)?;
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         Ok(Self {
@@ -91,7 +107,12 @@ impl Sink {
         })
     }
 
-    fn post(&mut self, msg: &Object, transfer: Option<&JsValue>, job: SinkJob) -> Result<(), Error> {
+    fn post(
+        &mut self,
+        msg: &Object,
+        transfer: Option<&JsValue>,
+        job: SinkJob,
+    ) -> Result<(), Error> {
         self.seq = self.seq.wrapping_add(1);
         Reflect::set(msg, &"seq".into(), &self.seq.into())?;
         self.pending.borrow_mut().insert(self.seq, job);
@@ -106,7 +127,13 @@ impl Sink {
         Ok(())
     }
 
-    pub(crate) fn write(&mut self, path: &str, offset: u64, data: &[u8], job: SinkJob) -> Result<(), Error> {
+    pub(crate) fn write(
+        &mut self,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+        job: SinkJob,
+    ) -> Result<(), Error> {
         let msg = Object::new();
         let buf = Uint8Array::from(data).buffer();
         Reflect::set(&msg, &"op".into(), &"write".into())?;
@@ -116,7 +143,13 @@ impl Sink {
         self.post(&msg, Some(&buf), job)
     }
 
-    pub(crate) fn simple(&mut self, op: &str, key: &str, value: &str, job: SinkJob) -> Result<(), Error> {
+    pub(crate) fn simple(
+        &mut self,
+        op: &str,
+        key: &str,
+        value: &str,
+        job: SinkJob,
+    ) -> Result<(), Error> {
         let msg = Object::new();
         Reflect::set(&msg, &"op".into(), &op.into())?;
         Reflect::set(&msg, &key.into(), &value.into())?;
@@ -137,14 +170,20 @@ fn storage() -> Option<web_sys::Storage> {
 }
 
 fn key(manifest: &[u8; 32]) -> String {
-    format!("ferry.partial.{}", blake3::Hash::from_bytes(*manifest).to_hex())
+    format!(
+        "ferry.partial.{}",
+        blake3::Hash::from_bytes(*manifest).to_hex()
+    )
 }
 
 /// Saves have-maps so that a reload resumes the download.
 pub(crate) fn save_progress(manifest: &[u8; 32], chunk_size: u32, have: &[HaveMap]) {
     let saved = Saved {
         chunk_size,
-        have: have.iter().map(|h| h.words().iter().map(|w| format!("{w:x}")).collect()).collect(),
+        have: have
+            .iter()
+            .map(|h| h.words().iter().map(|w| format!("{w:x}")).collect())
+            .collect(),
     };
     if let (Some(s), Ok(json)) = (storage(), serde_json::to_string(&saved)) {
         let _ = s.set_item(&key(manifest), &json);
@@ -152,7 +191,11 @@ pub(crate) fn save_progress(manifest: &[u8; 32], chunk_size: u32, have: &[HaveMa
 }
 
 /// Loads saved have-maps for a manifest, if they fit its files.
-pub(crate) fn load_progress(manifest: &[u8; 32], chunk_size: u32, sizes: &[u64]) -> Option<Vec<HaveMap>> {
+pub(crate) fn load_progress(
+    manifest: &[u8; 32],
+    chunk_size: u32,
+    sizes: &[u64],
+) -> Option<Vec<HaveMap>> {
     let json = storage()?.get_item(&key(manifest)).ok()??;
     let saved: Saved = serde_json::from_str(&json).ok()?;
     if saved.chunk_size != chunk_size || saved.have.len() != sizes.len() {
@@ -163,7 +206,10 @@ pub(crate) fn load_progress(manifest: &[u8; 32], chunk_size: u32, sizes: &[u64])
         .iter()
         .zip(sizes)
         .map(|(words, &size)| {
-            let words: Option<Vec<u64>> = words.iter().map(|w| u64::from_str_radix(w, 16).ok()).collect();
+            let words: Option<Vec<u64>> = words
+                .iter()
+                .map(|w| u64::from_str_radix(w, 16).ok())
+                .collect();
             HaveMap::from_words(words?, tree::chunk_count(size, chunk_size))
         })
         .collect()
@@ -178,7 +224,9 @@ pub(crate) fn forget_progress(manifest: &[u8; 32]) {
 
 /// Random transfer id from the browser's CSPRNG.
 pub(crate) fn random_id() -> Result<TransferId, Error> {
-    let crypto = web_sys::window().ok_or_else(|| Error::Js("no window".into()))?.crypto()?;
+    let crypto = web_sys::window()
+        .ok_or_else(|| Error::Js("no window".into()))?
+        .crypto()?;
     let mut id = [0u8; 16];
     crypto.get_random_values_with_u8_array(&mut id)?;
     Ok(id)

@@ -182,24 +182,107 @@ impl Browser {
 
     /// Opens a new Chromium with its own profile.
     pub async fn page(&self) -> Result<Page> {
+        self.page_with_downloads(None).await
+    }
+
+    /// Opens a new Chromium whose downloads land in `dir`, with a profile
+    /// folder the test can find its processes by.
+    pub async fn page_with_downloads(&self, dir: Option<&std::path::Path>) -> Result<Page> {
+        let profile = tempdir("ferry-profile")?;
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let mut options = json!({ "binary": self.binary, "args": args });
+        if let Some(dir) = dir {
+            options["prefs"] = json!({
+                "download.default_directory": dir.display().to_string(),
+                "download.prompt_for_download": false,
+                "download.directory_upgrade": true,
+                "profile.default_content_setting_values.automatic_downloads": 1,
+                "safebrowsing.enabled": false,
+            });
+        }
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({ "binary": self.binary, "args": CHROMIUM_ARGS }),
-        );
+        caps.insert("goog:chromeOptions".into(), options);
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{}", self.port))
             .await
             .context("cannot start a Chromium session")?;
-        Ok(Page { client })
+        Ok(Page { client, profile })
     }
+}
+
+/// A fresh empty folder under the system temp dir.
+pub fn tempdir(prefix: &str) -> Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Resident memory of this page's renderer processes, in bytes (the largest
+/// one: the page's own renderer).
+pub fn renderer_rss(profile: &std::path::Path) -> Option<u64> {
+    let mut parent = std::collections::HashMap::new();
+    let mut cmdlines = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(") ")
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if let Some(ppid) = ppid {
+            parent.insert(pid, ppid);
+        }
+        cmdlines.insert(pid, String::from_utf8_lossy(&cmd).replace('\0', " "));
+    }
+    let needle = format!("--user-data-dir={}", profile.display());
+    let browser = cmdlines
+        .iter()
+        .find(|(_, c)| c.contains(&needle) && !c.contains("--type="))
+        .map(|(p, _)| *p)?;
+    let descends = |mut pid: u32| {
+        for _ in 0..16 {
+            match parent.get(&pid) {
+                Some(&p) if p == browser => return true,
+                Some(&p) => pid = p,
+                None => return false,
+            }
+        }
+        false
+    };
+    cmdlines
+        .iter()
+        .filter(|(pid, c)| c.contains("--type=renderer") && descends(**pid))
+        .filter_map(|(pid, _)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let kb = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()?;
+            Some(kb * 1024)
+        })
+        .max()
 }
 
 /// One browser tab showing the Ferry page.
 pub struct Page {
     /// The WebDriver session.
     pub client: Client,
+    /// The Chromium profile folder of this page.
+    pub profile: PathBuf,
 }
 
 fn testid(id: &str) -> String {
@@ -228,6 +311,20 @@ impl Page {
             .await
             .with_context(|| format!("cannot click {id}"))?;
         Ok(())
+    }
+
+    /// Gives local file paths to a file input, as a person picking them would.
+    pub async fn upload(&self, id: &str, path: &std::path::Path) -> Result<()> {
+        let el = self.client.find(Locator::Css(&testid(id))).await?;
+        el.send_keys(&path.display().to_string())
+            .await
+            .with_context(|| format!("cannot pick {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Resident memory of this page's renderer, in bytes.
+    pub fn renderer_rss(&self) -> Option<u64> {
+        renderer_rss(&self.profile)
     }
 
     /// Types into the element with this `data-testid`.

@@ -140,6 +140,9 @@ pub enum TransferEvent {
         rate_bps: u64,
         /// Estimated time left, if a rate is known.
         eta_ms: Option<u64>,
+        /// Chunk bytes that crossed the wire so far, including any sent or
+        /// received again (after corruption or an interruption).
+        wire_bytes: u64,
     },
     /// A received file is complete and its BLAKE3 matches (receiver side).
     FileVerified {
@@ -348,6 +351,7 @@ struct Incoming {
     verified_files: u32,
     bad_chunks: u32,
     unexpected_chunks: u64,
+    wire_bytes: u64,
     last_activity: Millis,
     stalls: u32,
     state: RecvState,
@@ -399,11 +403,13 @@ impl Meter {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn progress(
         &mut self,
         id: &TransferId,
         done: u64,
         total: u64,
+        wire: u64,
         now: Millis,
         interval: Millis,
         force: bool,
@@ -424,6 +430,7 @@ impl Meter {
             total_bytes: total,
             rate_bps: rate,
             eta_ms: (rate > 0).then(|| total.saturating_sub(done).saturating_mul(1000) / rate),
+            wire_bytes: wire,
         })
     }
 }
@@ -646,6 +653,15 @@ impl TransferEngine {
         Ok(())
     }
 
+    /// Transfers we receive that are not finished.
+    pub fn incoming_ids(&self) -> Vec<TransferId> {
+        self.incoming
+            .iter()
+            .filter(|(_, t)| t.state != RecvState::Finished && !t.have.is_empty())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The have-maps of a transfer we receive, for saving progress.
     pub fn have_maps(&self, id: &TransferId) -> Option<&[HaveMap]> {
         self.incoming.get(id).map(|t| t.have.as_slice())
@@ -826,7 +842,9 @@ impl TransferEngine {
                 {
                     t.state = SendState::Finished;
                     let done = t.total;
-                    let e = t.meter.progress(&id, done, done, now, 0, true);
+                    let e = t
+                        .meter
+                        .progress(&id, done, done, t.sent_bytes, now, 0, true);
                     self.out.extend(e.map(TransferOutput::Event));
                     self.event(TransferEvent::Completed { id: id_hex(&id) });
                 }
@@ -931,6 +949,7 @@ impl TransferEngine {
                 verified_files: 0,
                 bad_chunks: 0,
                 unexpected_chunks: 0,
+                wire_bytes: 0,
                 last_activity: now,
                 stalls: 0,
                 state: RecvState::FetchManifest,
@@ -1053,7 +1072,10 @@ impl TransferEngine {
         }
         t.sent_bytes += data.len() as u64;
         let (sent, total) = (t.sent_bytes.min(t.total), t.total);
-        let progress = t.meter.progress(id, sent, total, now, interval, false);
+        let wire = t.sent_bytes;
+        let progress = t
+            .meter
+            .progress(id, sent, total, wire, now, interval, false);
         let peer = t.peer.clone();
         self.send(
             &peer,
@@ -1437,8 +1459,11 @@ impl TransferEngine {
             .iter()
             .zip(&t.files)
             .all(|(h, f)| h.count() == tree::chunk_count(f.size, t.chunk_size));
-        let (done, total) = (t.done_bytes, t.total);
-        if let Some(p) = t.meter.progress(id, done, total, now, interval, all_done) {
+        let (done, total, wire) = (t.done_bytes, t.total, t.wire_bytes);
+        if let Some(p) = t
+            .meter
+            .progress(id, done, total, wire, now, interval, all_done)
+        {
             events.push(p);
         }
         let peer = t.peer.clone();

@@ -1,0 +1,334 @@
+//! File swap end to end: real server, real headless Chromium pages, files
+//! picked through the page's file inputs and saved through its Save links,
+//! run by `cargo xtask test` inside a loopback-only network namespace.
+//!
+//! `FERRY_E2E_BIG_MIB` sets the size of the large file (default 1024).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_e2e::{Browser, Page, Server, tempdir};
+
+const CONNECT: Duration = Duration::from_secs(20);
+
+/// Writes `size` pseudo-random bytes (BLAKE3 output stream of `seed`).
+fn make_file(path: &Path, size: u64, seed: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut xof = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(
+        std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
+    )?;
+    Ok(h.finalize())
+}
+
+/// Waits until Chromium has finished writing `name` into `dir`.
+async fn wait_download(dir: &Path, name: &str, size: u64, timeout: Duration) -> Result<PathBuf> {
+    let path = dir.join(name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let partial = std::fs::read_dir(dir)?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".crdownload"));
+        if !partial && std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
+            return Ok(path);
+        }
+        if Instant::now() > deadline {
+            bail!("download of {name} did not finish in {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pair(browser: &Browser, server: &Server, downloads: &Path) -> Result<(Page, Page)> {
+    let a = browser.page().await?;
+    a.open(&server.url()).await?;
+    a.click("create-room").await?;
+    let link = a.room_link().await?;
+    let b = browser.page_with_downloads(Some(downloads)).await?;
+    b.open(&link).await?;
+    a.wait_connected_peers(1, CONNECT).await?;
+    b.wait_connected_peers(1, CONNECT).await?;
+    Ok((a, b))
+}
+
+const INCOMING: &str = "li.transfer[data-direction='in']";
+
+async fn accept(b: &Page, nth: usize) -> Result<()> {
+    b.wait_for(&format!("document.querySelectorAll(\"{INCOMING}[data-state='offered']\").length >= 1 && document.querySelectorAll(\"{INCOMING}\").length >= {nth}"), Duration::from_secs(120))
+        .await
+        .context("no incoming offer")?;
+    // The offer shows names and sizes before anything is accepted.
+    b.click("accept-transfer").await
+}
+
+/// Largest wire-byte count the sender reported for any transfer.
+async fn sender_wire_bytes(a: &Page) -> Result<u64> {
+    let v = a
+        .eval("return Math.max(0, ...window.__ferry.events.filter(e => e.type === 'transfer' && e.event.type === 'progress').map(e => e.event.wire_bytes))")
+        .await?;
+    Ok(v.as_f64().unwrap_or(0.0) as u64)
+}
+
+async fn received_fraction(b: &Page) -> Result<f64> {
+    let v = b
+        .eval("const p = window.__ferry.events.filter(e => e.type === 'transfer' && e.event.type === 'progress').pop(); return p ? p.event.done_bytes / p.event.total_bytes : 0")
+        .await?;
+    Ok(v.as_f64().unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn a_large_file_and_a_folder_arrive_intact_with_bounded_memory() -> Result<()> {
+    let big_mib: u64 = std::env::var("FERRY_E2E_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let work = tempdir("ferry-files")?;
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let big = work.join("src/big.bin");
+    make_file(&big, big_mib << 20, "big")?;
+    let folder = work.join("src/holiday");
+    make_file(&folder.join("photo.jpg"), 3_000_001, "photo")?;
+    make_file(&folder.join("notes/todo.txt"), 1234, "todo")?;
+    make_file(&folder.join("notes/empty.txt"), 0, "empty")?;
+    make_file(&folder.join("deep/er/raw.dat"), 262_144, "raw")?;
+
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let (a, b) = pair(&browser, &server, &downloads).await?;
+
+    // The big file, through the "Choose files" input.
+    let baseline = b
+        .renderer_rss()
+        .context("cannot find the receiver's renderer")?;
+    a.upload("pick-files", &big).await?;
+    accept(&b, 1).await?;
+    let started = Instant::now();
+    let mut peak = baseline;
+    loop {
+        if let Some(rss) = b.renderer_rss() {
+            peak = peak.max(rss);
+        }
+        let done = b
+            .eval(&format!(
+                "return document.querySelector(\"{INCOMING}\").dataset.state"
+            ))
+            .await?;
+        match done.as_str() {
+            Some("completed") => break,
+            Some("failed" | "cancelled") => bail!("transfer ended as {done}"),
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!("the big transfer did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let growth_mb = peak.saturating_sub(baseline) as f64 / 1e6;
+    println!(
+        "{big_mib} MiB in {secs:.1} s ({:.1} MB/s); receiver renderer RSS {:.0} MB -> peak {:.0} MB (growth {growth_mb:.0} MB)",
+        (big_mib << 20) as f64 / 1e6 / secs,
+        baseline as f64 / 1e6,
+        peak as f64 / 1e6
+    );
+    assert!(
+        growth_mb < 300.0,
+        "receiver renderer grew by {growth_mb:.0} MB"
+    );
+    b.wait_for("document.querySelector(\"li.transfer[data-direction='in'] [data-verified='true']\") !== null", Duration::from_secs(10)).await?;
+    b.wait_for(
+        "document.querySelector(\"[data-testid='save-file']\") !== null",
+        Duration::from_secs(30),
+    )
+    .await?;
+    b.click("save-file").await?;
+    let got = wait_download(
+        &downloads,
+        "big.bin",
+        big_mib << 20,
+        Duration::from_secs(300),
+    )
+    .await?;
+    assert_eq!(
+        hash_file(&got)?,
+        hash_file(&big)?,
+        "received bytes equal the source"
+    );
+    let shown = b
+        .eval("return document.querySelector(\"[data-verified='true']\").dataset.hash")
+        .await?;
+    assert_eq!(
+        shown.as_str(),
+        Some(hash_file(&big)?.to_hex().as_str()),
+        "the verified badge carries the real BLAKE3"
+    );
+    // Nothing was sent twice.
+    let wire = sender_wire_bytes(&a).await?;
+    assert!(
+        wire <= (big_mib << 20) + 4 * 1024 * 1024,
+        "sender put {wire} bytes on the wire"
+    );
+
+    // A folder of mixed files, through the "Choose a folder" input.
+    a.upload("pick-folder", &folder).await?;
+    accept(&b, 2).await?;
+    b.wait_for(
+        &format!("document.querySelector(\"{INCOMING}\").dataset.state === 'completed'"),
+        Duration::from_secs(120),
+    )
+    .await?;
+    b.wait_for(&format!("document.querySelectorAll(\"{INCOMING}\")[0].querySelectorAll(\"[data-testid='save-file']\").length === 4"), Duration::from_secs(30))
+        .await?;
+    let names = b.eval(&format!("const links = [...document.querySelectorAll(\"{INCOMING}\")[0].querySelectorAll(\"[data-testid='save-file']\")]; links.forEach(l => l.click()); return links.map(l => l.download)")).await?;
+    let names: Vec<String> = serde_json::from_value(names)?;
+    for (rel, size) in [
+        ("photo.jpg", 3_000_001u64),
+        ("notes/todo.txt", 1234),
+        ("notes/empty.txt", 0),
+        ("deep/er/raw.dat", 262_144),
+    ] {
+        let saved = format!("holiday_{}", rel.replace('/', "_"));
+        assert!(
+            names.contains(&saved),
+            "{saved} offered for saving: {names:?}"
+        );
+        let got = wait_download(&downloads, &saved, size, Duration::from_secs(60)).await?;
+        assert_eq!(hash_file(&got)?, hash_file(&folder.join(rel))?, "{rel}");
+    }
+    a.close().await?;
+    b.close().await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reloaded_receiver_resumes_where_it_stopped() -> Result<()> {
+    let size: u64 = 160 << 20;
+    let work = tempdir("ferry-resume")?;
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let src = work.join("movie.mkv");
+    make_file(&src, size, "movie")?;
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let (a, b) = pair(&browser, &server, &downloads).await?;
+    let id_b = b.peer_id().await?;
+    a.upload("pick-files", &src).await?;
+    accept(&b, 1).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while received_fraction(&b).await? < 0.5 {
+        if Instant::now() > deadline {
+            bail!("did not reach 50%");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.eval("location.reload(); return true").await?;
+    // Same tab, same peer id, and the transfer picks up without asking again.
+    b.wait_for(
+        "window.__ferry && window.__ferry.client && window.__ferry.client.peerId",
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(b.peer_id().await?, id_b);
+    b.wait_for(
+        &format!("document.querySelector(\"{INCOMING}\") !== null"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    b.wait_for(
+        &format!("document.querySelector(\"{INCOMING}\").dataset.state === 'completed'"),
+        Duration::from_secs(300),
+    )
+    .await?;
+    let wire = sender_wire_bytes(&a).await?;
+    let window = 32 * 128 * 1024;
+    println!(
+        "resume: sender put {wire} bytes on the wire for a {size}-byte file (bound {})",
+        size + window
+    );
+    assert!(wire <= size + window, "sender put {wire} bytes on the wire");
+    b.wait_for(
+        "document.querySelector(\"[data-testid='save-file']\") !== null",
+        Duration::from_secs(30),
+    )
+    .await?;
+    b.click("save-file").await?;
+    let got = wait_download(&downloads, "movie.mkv", size, Duration::from_secs(120)).await?;
+    assert_eq!(hash_file(&got)?, hash_file(&src)?);
+    a.close().await?;
+    b.close().await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_from_either_side_shows_in_both_pages() -> Result<()> {
+    let size: u64 = 200 << 20;
+    let work = tempdir("ferry-cancel")?;
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let src = work.join("big.iso");
+    make_file(&src, size, "iso")?;
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let (a, b) = pair(&browser, &server, &downloads).await?;
+    for (round, receiver_cancels) in [(1usize, true), (2, false)] {
+        a.upload("pick-files", &src).await?;
+        accept(&b, round).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while received_fraction(&b).await? < 0.1 {
+            if Instant::now() > deadline {
+                bail!("did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let who = if receiver_cancels { &b } else { &a };
+        who.click("cancel-transfer").await?;
+        for p in [&a, &b] {
+            p.wait_for(
+                "document.querySelector('li.transfer').dataset.state === 'cancelled'",
+                Duration::from_secs(10),
+            )
+            .await
+            .with_context(|| format!("round {round}: both pages show the cancel"))?;
+        }
+        let verified = b.eval("return document.querySelectorAll(\"li.transfer [data-testid='verified'], li.transfer [data-testid='save-file']\").length").await?;
+        assert_eq!(
+            verified.as_u64(),
+            Some(0),
+            "nothing partial is presented as complete"
+        );
+        let by_peer = if receiver_cancels { &a } else { &b };
+        by_peer
+            .wait_for("document.querySelector('li.transfer [data-testid=transfer-message]').textContent.startsWith('Cancelled by')", Duration::from_secs(5))
+            .await?;
+    }
+    assert!(
+        std::fs::read_dir(&downloads)?.next().is_none(),
+        "nothing was saved"
+    );
+    a.close().await?;
+    b.close().await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
