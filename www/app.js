@@ -163,7 +163,7 @@ let flushTimer = null;
 
 function onEvent(e) {
   const at = performance.now();
-  ferry.events.push({ at, ...e });
+  ferry.events.push({ at, wall: Date.now(), ...e });
   if (e.type === "peer_state" && e.state === "connected" && !(e.peer_id in ferry.openedAt)) {
     ferry.openedAt[e.peer_id] = at;
     ferry.onOpened?.(e.peer_id);
@@ -449,6 +449,7 @@ function act(fn) {
 
 async function sendFiles(list) {
   if (!client) return;
+  ferry.sendStartedAt = Date.now();
   const items = list.filter(({ file }) => file);
   if (!items.length) return;
   const target = $("recipient").value;

@@ -664,8 +664,7 @@ impl FerryClient {
                 let shared = weak
                     .upgrade()
                     .ok_or_else(|| Error::Js("client closed".into()))?;
-                let cs = shared.borrow().session.transfers().config().chunk_size;
-                cs
+                shared.borrow().session.transfers().config().chunk_size
             };
             let mut sources = Vec::with_capacity(files.len());
             for (i, f) in files.iter().enumerate() {

@@ -302,15 +302,28 @@ impl Page {
         Ok(())
     }
 
-    /// Clicks the element with this `data-testid`.
+    /// Clicks the element with this `data-testid`. If the page re-renders
+    /// it between finding and clicking, it is found again.
     pub async fn click(&self, id: &str) -> Result<()> {
-        self.client
-            .find(Locator::Css(&testid(id)))
-            .await?
-            .click()
-            .await
-            .with_context(|| format!("cannot click {id}"))?;
-        Ok(())
+        let mut attempts = 0;
+        loop {
+            let result = async {
+                self.client
+                    .find(Locator::Css(&testid(id)))
+                    .await?
+                    .click()
+                    .await
+            }
+            .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if attempts < 5 && e.to_string().contains("stale") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot click {id}"))),
+            }
+        }
     }
 
     /// Gives local file paths to a file input, as a person picking them would.

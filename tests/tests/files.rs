@@ -124,9 +124,15 @@ async fn a_large_file_and_a_folder_arrive_intact_with_bounded_memory() -> Result
     accept(&b, 1).await?;
     let started = Instant::now();
     let mut peak = baseline;
+    let mut shot = false;
     loop {
         if let Some(rss) = b.renderer_rss() {
             peak = peak.max(rss);
+        }
+        if !shot && started.elapsed() > Duration::from_secs(3) {
+            shot = true;
+            let _ = std::fs::create_dir_all("../target/e2e");
+            b.screenshot("../target/e2e/files-receiving.png").await?;
         }
         let done = b
             .eval(&format!(
@@ -261,7 +267,7 @@ async fn a_reloaded_receiver_resumes_where_it_stopped() -> Result<()> {
     )
     .await?;
     let wire = sender_wire_bytes(&a).await?;
-    let window = 32 * 128 * 1024;
+    let window = 64 * 128 * 1024;
     println!(
         "resume: sender put {wire} bytes on the wire for a {size}-byte file (bound {})",
         size + window

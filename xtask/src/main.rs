@@ -316,7 +316,26 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 .env("FERRY_WASM_GZIP_BYTES", gzipped.to_string());
             run(&mut in_loopback_namespace(&mut cmd))
         }
-        other => bail!("unknown benchmark `{other}`; available: connect"),
+        "swap" => {
+            ensure_browser()?;
+            build_wasm()?;
+            run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "ferry-e2e",
+                "--bin",
+                "ferry-bench",
+            ]))?;
+            let mut cmd = Command::new(target_dir().join("release/ferry-bench"));
+            cmd.arg("swap").args(args).env(
+                "FERRY_SIGNALING_BIN",
+                target_dir().join("release/ferry-signaling"),
+            );
+            run(&mut in_loopback_namespace(&mut cmd))
+        }
+        other => bail!("unknown benchmark `{other}`; available: connect, swap"),
     }
 }
 

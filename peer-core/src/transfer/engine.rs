@@ -37,7 +37,7 @@ impl Default for TransferConfig {
         Self {
             chunk_size: 128 * 1024,
             max_message: 256 * 1024,
-            window: 32,
+            window: 64,
             meta_page: 64 * 1024,
             request_timeout: 10_000,
             max_stalls: 3,
@@ -197,7 +197,8 @@ pub enum TransferOutput {
         /// The encoded frame.
         frame: Vec<u8>,
     },
-    /// Read bytes of a file we offered, then call [`TransferEngine::chunk_read`].
+    /// Read bytes of a file we offered (one or more consecutive chunks), then
+    /// call [`TransferEngine::chunk_read`] with all of them.
     ReadChunk {
         /// The transfer.
         id: TransferId,
@@ -352,6 +353,7 @@ struct Incoming {
     bad_chunks: u32,
     unexpected_chunks: u64,
     wire_bytes: u64,
+    accepted: bool,
     last_activity: Millis,
     stalls: u32,
     state: RecvState,
@@ -442,6 +444,9 @@ pub struct TransferEngine {
     incoming: HashMap<TransferId, Incoming>,
     out: VecDeque<TransferOutput>,
 }
+
+/// Most chunks read from a file in one go.
+const READ_COALESCE: u64 = 16;
 
 fn valid_chunk_size(cs: u32, max_message: usize) -> bool {
     cs.is_power_of_two() && cs >= MIN_CHUNK && cs as usize + CHUNK_HEADER_LEN <= max_message
@@ -589,6 +594,7 @@ impl TransferEngine {
                 .extend(events.into_iter().map(TransferOutput::Event));
         }
         let t = self.incoming.get_mut(id).ok_or(TransferError::Unknown)?;
+        t.accepted = true;
         t.state = RecvState::FetchHashLists;
         t.last_activity = now;
         t.meter = Meter::new(now);
@@ -878,16 +884,36 @@ impl TransferEngine {
             let same =
                 &t.peer == peer && t.manifest_hash == manifest_hash && t.chunk_size == chunk_size;
             if same && t.state == RecvState::Interrupted {
-                t.state = if t.files.is_empty() {
-                    RecvState::FetchManifest
-                } else {
-                    RecvState::FetchHashLists
-                };
                 t.stalls = 0;
                 t.last_activity = now;
                 t.meter = Meter::new(now);
                 t.meter.last_bytes = t.done_bytes;
-                if !t.files.is_empty() {
+                if t.files.is_empty() {
+                    // Interrupted while fetching the file list: start over.
+                    t.manifest_buf.clear();
+                    t.state = RecvState::FetchManifest;
+                } else if !t.accepted {
+                    // The user had not decided yet: ask again.
+                    t.state = RecvState::AwaitingDecision;
+                    let files = t
+                        .files
+                        .iter()
+                        .map(|f| OfferedFile {
+                            path: f.path.clone(),
+                            size: f.size,
+                        })
+                        .collect();
+                    let total = t.total;
+                    self.event(TransferEvent::Offered {
+                        id: id_hex(&id),
+                        peer: peer.clone(),
+                        files,
+                        total_bytes: total,
+                    });
+                    return;
+                } else {
+                    t.meta_buf.clear();
+                    t.state = RecvState::FetchHashLists;
                     self.send(peer, &Frame::Accept { id });
                 }
                 self.advance_incoming(&id, now);
@@ -950,6 +976,7 @@ impl TransferEngine {
                 bad_chunks: 0,
                 unexpected_chunks: 0,
                 wire_bytes: 0,
+                accepted: false,
                 last_activity: now,
                 stalls: 0,
                 state: RecvState::FetchManifest,
@@ -1043,18 +1070,33 @@ impl TransferEngine {
             if !t.reading.insert((file, chunk)) {
                 continue;
             }
+            // Consecutive requests of one file become one read: each read
+            // costs a round trip through the browser, whatever its size.
             let size = t.files[file as usize].size;
+            let mut count = 1u64;
+            while count < READ_COALESCE
+                && t.reading.len() < window
+                && t.queued.front() == Some(&(file, chunk + count))
+            {
+                t.queued.pop_front();
+                t.queued_set.remove(&(file, chunk + count));
+                t.reading.insert((file, chunk + count));
+                count += 1;
+            }
+            let offset = chunk * u64::from(t.chunk_size);
+            let end = ((chunk + count) * u64::from(t.chunk_size)).min(size);
             self.out.push_back(TransferOutput::ReadChunk {
                 id: *id,
                 file,
                 chunk,
-                offset: chunk * u64::from(t.chunk_size),
-                len: tree::chunk_len(size, t.chunk_size, chunk) as u32,
+                offset,
+                len: (end - offset) as u32,
             });
         }
     }
 
-    /// The driver read a chunk we offered.
+    /// The driver read what a [`TransferOutput::ReadChunk`] asked for: one
+    /// or more consecutive chunks starting at `chunk`.
     pub fn chunk_read(
         &mut self,
         id: &TransferId,
@@ -1067,25 +1109,33 @@ impl TransferEngine {
         let Some(t) = self.outgoing.get_mut(id) else {
             return;
         };
-        if !t.reading.remove(&(file, chunk)) || t.state != SendState::Active {
-            return;
+        let cs = t.chunk_size as usize;
+        let mut frames = Vec::new();
+        for (i, piece) in data.chunks(cs.max(1)).enumerate() {
+            let c = chunk + i as u64;
+            if !t.reading.remove(&(file, c)) || t.state != SendState::Active {
+                continue;
+            }
+            t.sent_bytes += piece.len() as u64;
+            frames.push(Frame::Chunk {
+                id: *id,
+                file,
+                chunk: c,
+                data: piece.to_vec(),
+            });
         }
-        t.sent_bytes += data.len() as u64;
+        if data.is_empty() {
+            t.reading.remove(&(file, chunk));
+        }
         let (sent, total) = (t.sent_bytes.min(t.total), t.total);
         let wire = t.sent_bytes;
         let progress = t
             .meter
             .progress(id, sent, total, wire, now, interval, false);
         let peer = t.peer.clone();
-        self.send(
-            &peer,
-            &Frame::Chunk {
-                id: *id,
-                file,
-                chunk,
-                data,
-            },
-        );
+        for f in &frames {
+            self.send(&peer, f);
+        }
         self.out.extend(progress.map(TransferOutput::Event));
         self.pump_reads(id);
     }
@@ -1187,6 +1237,17 @@ impl TransferEngine {
             Some("the file list does not match its hash".to_owned())
         } else {
             match manifest::decode(&bytes) {
+                // Hash-list offsets are 32-bit: 2^27 chunks (16 TiB at 128 KiB).
+                Ok(files)
+                    if files.iter().any(|f| {
+                        tree::chunk_count(f.size, t.chunk_size) * 32 > u64::from(u32::MAX)
+                    }) =>
+                {
+                    Some(format!(
+                        "a file is too large for chunks of {} bytes",
+                        t.chunk_size
+                    ))
+                }
                 Ok(files)
                     if files.len() == t.file_count as usize
                         && files.iter().map(|f| f.size).sum::<u64>() == t.total =>
