@@ -449,9 +449,16 @@ impl Page {
         Ok(())
     }
 
-    /// Closes the browser.
+    /// Closes the browser and removes its profile (which holds any files
+    /// the page stored).
     pub async fn close(self) -> Result<()> {
         self.client.close().await?;
+        for _ in 0..20 {
+            if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Ok(())
     }
 }

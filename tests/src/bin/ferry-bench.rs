@@ -296,10 +296,11 @@ fn raw_send_js(total: u64, size: u32) -> String {
          window.__rawStart = Date.now();
          const pump = () => {{
            while (sent < {total} && ch.bufferedAmount < (8 << 20)) {{ ch.send(msg); sent += {size}; }}
-           if (sent >= {total}) {{ ch.onbufferedamountlow = null; done(window.__rawStart); }}
+           if (sent >= {total}) ch.onbufferedamountlow = null;
          }};
          ch.onbufferedamountlow = pump;
-         pump();"
+         pump();
+         done(window.__rawStart);"
     )
 }
 
