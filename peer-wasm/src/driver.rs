@@ -41,6 +41,13 @@ struct Options {
     /// URL of the OPFS writer worker script.
     #[serde(default = "default_sink_url")]
     sink_worker_url: String,
+    /// URL of the hashing worker module.
+    #[serde(default = "default_hash_url")]
+    hash_worker_url: String,
+}
+
+fn default_hash_url() -> String {
+    "hash-worker.js".into()
 }
 
 fn default_sink_url() -> String {
@@ -79,6 +86,7 @@ pub(crate) struct Driver {
     outgoing_files: HashMap<TransferId, Vec<File>>,
     sink: Option<Sink>,
     sink_url: String,
+    hash_url: String,
     last_save: HashMap<TransferId, u64>,
 }
 
@@ -611,6 +619,7 @@ impl FerryClient {
             outgoing_files: HashMap::new(),
             sink: None,
             sink_url: opts.sink_worker_url,
+            hash_url: opts.hash_worker_url,
             last_save: HashMap::new(),
         }));
         pump(&shared);
@@ -666,9 +675,35 @@ impl FerryClient {
                     .ok_or_else(|| Error::Js("client closed".into()))?;
                 shared.borrow().session.transfers().config().chunk_size
             };
+            // Hash in one worker per core; fall back to this thread.
+            let cores = web_sys::window()
+                .map(|w| w.navigator().hardware_concurrency() as usize)
+                .unwrap_or(2)
+                .clamp(1, 8);
+            let hash_url = weak
+                .upgrade()
+                .map(|s| s.borrow().hash_url.clone())
+                .unwrap_or_default();
+            let mut pool = files::HashPool::new(&hash_url, cores).ok();
             let mut sources = Vec::with_capacity(files.len());
             for (i, f) in files.iter().enumerate() {
-                let digest = files::hash_file(f, chunk_size).await?;
+                let pooled = match pool.as_mut() {
+                    Some(p) => p
+                        .hash(f, chunk_size)
+                        .await
+                        .map_err(|e| {
+                            log_error(&format!("hash workers failed ({e}); hashing on the page"));
+                        })
+                        .ok(),
+                    None => None,
+                };
+                if pooled.is_none() {
+                    pool = None;
+                }
+                let digest = match pooled {
+                    Some(d) => d,
+                    None => files::hash_file(f, chunk_size).await?,
+                };
                 let path = paths
                     .get(i)
                     .filter(|p| !p.is_empty())

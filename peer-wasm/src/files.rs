@@ -31,27 +31,192 @@ pub(crate) async fn read_slice(file: &File, offset: u64, len: u32) -> Result<Vec
     Ok(bytes)
 }
 
-/// Hashes a file chunk by chunk, yielding to the page between chunks.
+/// Bytes read per slice while hashing: large enough that the per-read cost
+/// vanishes, small enough to keep memory flat.
+const HASH_BLOCK: u64 = 8 * 1024 * 1024;
+
+/// Hashes a file on this thread, reading it in blocks and yielding to the
+/// page between them. The fallback when hash workers cannot start.
 pub(crate) async fn hash_file(file: &File, chunk_size: u32) -> Result<FileDigest, Error> {
     let size = file.size() as u64;
     let mut hasher = FileHasher::new(size, chunk_size);
-    for chunk in 0..tree::chunk_count(size, chunk_size) {
-        let len = tree::chunk_len(size, chunk_size, chunk) as u32;
-        let data = if len == 0 {
+    let changed = || Error::Js(format!("{} changed while being read", file.name()));
+    if size == 0 {
+        hasher.update(&[]);
+    }
+    let cs = u64::from(chunk_size);
+    let block = (HASH_BLOCK / cs).max(1) * cs;
+    let mut offset = 0;
+    while offset < size {
+        let len = block.min(size - offset) as u32;
+        let data = read_slice(file, offset, len).await?;
+        for piece in data.chunks(chunk_size as usize) {
+            if !hasher.update(piece) {
+                return Err(changed());
+            }
+        }
+        offset += u64::from(len);
+    }
+    hasher.finish().ok_or_else(changed)
+}
+
+/// The digests of chunks `first..first + count` of a file: their chaining
+/// values concatenated, or for a file of one chunk its BLAKE3 hash. Runs in
+/// the hash workers (see `www/hash-worker.js`).
+#[wasm_bindgen(js_name = chunkDigests)]
+pub async fn chunk_digests(
+    file: File,
+    chunk_size: u32,
+    first: f64,
+    count: f64,
+) -> Result<Uint8Array, Error> {
+    let size = file.size() as u64;
+    if !chunk_size.is_power_of_two() || chunk_size < tree::MIN_CHUNK {
+        return Err(Error::Options(
+            "chunk size must be a power of two of at least 1024".into(),
+        ));
+    }
+    if tree::is_single_chunk(size, chunk_size) {
+        let data = if size == 0 {
             Vec::new()
         } else {
-            read_slice(file, chunk * u64::from(chunk_size), len).await?
+            read_slice(&file, 0, size as u32).await?
         };
-        if !hasher.update(&data) {
-            return Err(Error::Js(format!(
-                "{} changed while being read",
-                file.name()
-            )));
+        return Ok(Uint8Array::from(blake3::hash(&data).as_bytes().as_slice()));
+    }
+    let (first, count) = (first as u64, count as u64);
+    let last = (first + count).min(tree::chunk_count(size, chunk_size));
+    let cs = u64::from(chunk_size);
+    let block = (HASH_BLOCK / cs).max(1);
+    let mut out = Vec::with_capacity(((last.saturating_sub(first)) * 32) as usize);
+    let mut chunk = first;
+    while chunk < last {
+        let n = block.min(last - chunk);
+        let offset = chunk * cs;
+        let len = ((chunk + n) * cs).min(size) - offset;
+        let data = read_slice(&file, offset, len as u32).await?;
+        for (i, piece) in data.chunks(chunk_size as usize).enumerate() {
+            out.extend_from_slice(&tree::chunk_cv(piece, chunk + i as u64, chunk_size));
+        }
+        chunk += n;
+    }
+    Ok(Uint8Array::from(out.as_slice()))
+}
+
+/// Hashes files in parallel workers, one range of chunks per worker.
+pub(crate) struct HashPool {
+    workers: Vec<Worker>,
+    seq: u32,
+    pending: Rc<RefCell<HashMap<u32, (js_sys::Function, js_sys::Function)>>>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+}
+
+impl Drop for HashPool {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.terminate();
         }
     }
-    hasher
-        .finish()
-        .ok_or_else(|| Error::Js(format!("cannot hash {}", file.name())))
+}
+
+impl HashPool {
+    /// Starts `n` module workers from `url`.
+    pub(crate) fn new(url: &str, n: usize) -> Result<Self, Error> {
+        let pending: Rc<RefCell<HashMap<u32, (js_sys::Function, js_sys::Function)>>> =
+            Rc::default();
+        let p = pending.clone();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+            let data = e.data();
+            let get = |k: &str| Reflect::get(&data, &k.into()).unwrap_or(JsValue::UNDEFINED);
+            let seq = get("seq").as_f64().unwrap_or(-1.0) as u32;
+            let Some((resolve, reject)) = p.borrow_mut().remove(&seq) else {
+                return;
+            };
+            let _ = if get("ok").as_bool() == Some(true) {
+                resolve.call1(&JsValue::NULL, &get("out"))
+            } else {
+                reject.call1(
+                    &JsValue::NULL,
+                    &js_sys::Error::new(&get("error").as_string().unwrap_or_default()),
+                )
+            };
+        });
+        let options = web_sys::WorkerOptions::new();
+        options.set_type(web_sys::WorkerType::Module);
+        let mut workers = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let w = Worker::new_with_options(url, &options)?;
+            w.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+            workers.push(w);
+        }
+        Ok(Self {
+            workers,
+            seq: 0,
+            pending,
+            _on_message: on_message,
+        })
+    }
+
+    fn request(
+        &mut self,
+        worker: usize,
+        file: &File,
+        chunk_size: u32,
+        first: u64,
+        count: u64,
+    ) -> Result<js_sys::Promise, Error> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let pending = self.pending.clone();
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            pending.borrow_mut().insert(seq, (resolve, reject));
+        });
+        let msg = Object::new();
+        Reflect::set(&msg, &"seq".into(), &seq.into())?;
+        Reflect::set(&msg, &"file".into(), file)?;
+        Reflect::set(&msg, &"chunkSize".into(), &chunk_size.into())?;
+        Reflect::set(&msg, &"first".into(), &(first as f64).into())?;
+        Reflect::set(&msg, &"count".into(), &(count as f64).into())?;
+        self.workers[worker % self.workers.len()].post_message(&msg)?;
+        Ok(promise)
+    }
+
+    /// Hashes one file, splitting its chunks across the workers.
+    pub(crate) async fn hash(&mut self, file: &File, chunk_size: u32) -> Result<FileDigest, Error> {
+        let size = file.size() as u64;
+        let bad = || Error::Js(format!("{} changed while being read", file.name()));
+        if tree::is_single_chunk(size, chunk_size) {
+            let out = JsFuture::from(self.request(0, file, chunk_size, 0, 1)?).await?;
+            let bytes = Uint8Array::new(&out).to_vec();
+            let root: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+            return Ok(FileDigest {
+                root: blake3::Hash::from_bytes(root),
+                cvs: Vec::new(),
+            });
+        }
+        let chunks = tree::chunk_count(size, chunk_size);
+        let per = chunks.div_ceil(self.workers.len() as u64);
+        let mut promises = Vec::new();
+        let mut first = 0;
+        let mut i = 0;
+        while first < chunks {
+            let count = per.min(chunks - first);
+            promises.push(self.request(i, file, chunk_size, first, count)?);
+            first += count;
+            i += 1;
+        }
+        let mut cvs = Vec::with_capacity(chunks as usize);
+        for p in promises {
+            let out = Uint8Array::new(&JsFuture::from(p).await?).to_vec();
+            for cv in out.chunks_exact(32) {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(cv);
+                cvs.push(a);
+            }
+        }
+        let root = tree::root_from_cvs(&cvs, size, chunk_size).ok_or_else(bad)?;
+        Ok(FileDigest { root, cvs })
+    }
 }
 
 /// Where a received file lives in the origin private file system.

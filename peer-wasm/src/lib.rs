@@ -31,6 +31,7 @@ use ferry_protocol::RoomCode;
 use wasm_bindgen::prelude::*;
 
 pub use driver::{FerryClient, preconnect};
+pub use files::chunk_digests;
 
 /// Everything that can go wrong in the browser driver.
 #[derive(Debug, thiserror::Error)]
