@@ -628,8 +628,31 @@ function joinFromHash() {
   }
 }
 
+// Received files stay in the origin private file system while the page that
+// received them offers them for saving. On a later visit, remove those that
+// no download is resuming and that nobody touched for a day.
+async function cleanStorage() {
+  const DAY = 24 * 3600 * 1000;
+  let root;
+  try {
+    root = await (await navigator.storage.getDirectory()).getDirectoryHandle("ferry");
+  } catch {
+    return;
+  }
+  const keep = new Set(Object.keys(localStorage).filter((k) => k.startsWith("ferry.partial.")).map((k) => k.slice("ferry.partial.".length)));
+  for await (const [name, dir] of root.entries()) {
+    if (keep.has(name) || dir.kind !== "directory") continue;
+    let newest = 0;
+    for await (const [, f] of dir.entries()) {
+      if (f.kind === "file") newest = Math.max(newest, (await f.getFile()).lastModified);
+    }
+    if (Date.now() - newest > DAY) await root.removeEntry(name, { recursive: true }).catch(() => {});
+  }
+}
+
 async function main() {
   await init();
+  cleanStorage().catch((err) => console.warn("storage clean-up:", err));
   const stored = localStorage.getItem("ferry.name");
   $("name").value = stored || randomName();
   $("name").addEventListener("change", () => {
