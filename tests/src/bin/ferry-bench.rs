@@ -217,6 +217,11 @@ async fn connect(runs: usize) -> Result<()> {
     b.open(&server.url()).await?;
     let nonce = std::process::id();
     let ws_url = format!("ws://127.0.0.1:{}/ws", server.port);
+    if let Ok(css) = std::env::var("FERRY_BENCH_CSS") {
+        for p in [&a, &b] {
+            p.eval(&format!("const s = document.createElement('style'); s.textContent = {}; document.head.append(s); return true", serde_json::to_string(&css)?)).await?;
+        }
+    }
     // Warm up every path (JIT, network service, ICE agent).
     for i in 0..2 {
         ours_once(&a, &b, &format!("warm-{nonce}-{i}")).await?;
