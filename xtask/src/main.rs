@@ -286,20 +286,25 @@ fn test(only: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Builds what every benchmark runs: the wasm, a release server and `ferry-bench`.
+fn build_bench() -> Result<()> {
+    ensure_browser()?;
+    build_wasm()?;
+    run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "ferry-e2e",
+        "--bin",
+        "ferry-bench",
+    ]))
+}
+
 fn bench(name: &str, args: &[String]) -> Result<()> {
     match name {
         "connect" => {
-            ensure_browser()?;
-            build_wasm()?;
-            run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "ferry-e2e",
-                "--bin",
-                "ferry-bench",
-            ]))?;
+            build_bench()?;
             let bench = target_dir().join("release/ferry-bench");
             let wasm = std::fs::read(root().join("www/pkg/ferry_wasm_bg.wasm"))?;
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -317,17 +322,7 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
             run(&mut in_loopback_namespace(&mut cmd))
         }
         "swap" => {
-            ensure_browser()?;
-            build_wasm()?;
-            run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "ferry-e2e",
-                "--bin",
-                "ferry-bench",
-            ]))?;
+            build_bench()?;
             let mut cmd = Command::new(target_dir().join("release/ferry-bench"));
             cmd.arg("swap").args(args).env(
                 "FERRY_SIGNALING_BIN",

@@ -895,21 +895,8 @@ impl TransferEngine {
                 } else if !t.accepted {
                     // The user had not decided yet: ask again.
                     t.state = RecvState::AwaitingDecision;
-                    let files = t
-                        .files
-                        .iter()
-                        .map(|f| OfferedFile {
-                            path: f.path.clone(),
-                            size: f.size,
-                        })
-                        .collect();
-                    let total = t.total;
-                    self.event(TransferEvent::Offered {
-                        id: id_hex(&id),
-                        peer: peer.clone(),
-                        files,
-                        total_bytes: total,
-                    });
+                    let event = offered_event(&id, t);
+                    self.event(event);
                     return;
                 } else {
                     t.meta_buf.clear();
@@ -1282,21 +1269,8 @@ impl TransferEngine {
             );
             return;
         }
-        let files = t
-            .files
-            .iter()
-            .map(|f| OfferedFile {
-                path: f.path.clone(),
-                size: f.size,
-            })
-            .collect();
-        let total = t.total;
-        self.event(TransferEvent::Offered {
-            id: id_hex(&id),
-            peer,
-            files,
-            total_bytes: total,
-        });
+        let event = offered_event(&id, t);
+        self.event(event);
     }
 
     /// Moves a receiving transfer forward: next metadata page, or more chunk requests.
@@ -1571,6 +1545,23 @@ impl TransferEngine {
     /// Chunks the receiver dropped because it had not asked for them.
     pub fn unexpected_chunks(&self, id: &TransferId) -> Option<u64> {
         self.incoming.get(id).map(|t| t.unexpected_chunks)
+    }
+}
+
+/// The event that asks the user about an offer whose file list is verified.
+fn offered_event(id: &TransferId, t: &Incoming) -> TransferEvent {
+    TransferEvent::Offered {
+        id: id_hex(id),
+        peer: t.peer.clone(),
+        files: t
+            .files
+            .iter()
+            .map(|f| OfferedFile {
+                path: f.path.clone(),
+                size: f.size,
+            })
+            .collect(),
+        total_bytes: t.total,
     }
 }
 

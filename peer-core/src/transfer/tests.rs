@@ -11,19 +11,7 @@ use super::frame::{Frame, Meta};
 use super::tree::FileHasher;
 use super::*;
 use crate::Millis;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
-    }
-}
+use crate::tests::Rng;
 
 fn content(len: usize, seed: u64) -> Vec<u8> {
     let mut r = Rng(seed.max(1));

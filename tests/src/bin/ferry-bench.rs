@@ -153,8 +153,9 @@ async fn ours_once(a: &Page, b: &Page, room: &str) -> Result<(f64, f64)> {
     Ok((num(0)?, num(1)?))
 }
 
-/// One run of the plain-JS two-page baseline, shaped exactly like ours.
-async fn plain_once(a: &Page, b: &Page, url: &str, room: &str) -> Result<f64> {
+/// Connects the plain-JS peers: A waits in `room`, B joins it. Resolves with
+/// B's milliseconds from `new WebSocket` to its channel `open`.
+async fn plain_connect(a: &Page, b: &Page, url: &str, room: &str) -> Result<serde_json::Value> {
     for p in [a, b] {
         p.eval("window.__plainJoined = false; return true").await?;
         p.eval(PLAIN_PEER_JS).await?;
@@ -165,11 +166,15 @@ async fn plain_once(a: &Page, b: &Page, url: &str, room: &str) -> Result<f64> {
     .await?;
     a.wait_for("window.__plainJoined", Duration::from_secs(10))
         .await?;
-    let v = b
-        .eval_async(&format!(
-            "const done = arguments[arguments.length - 1]; window.__plainPeer('{url}', '{room}').then(done);"
-        ))
-        .await?;
+    b.eval_async(&format!(
+        "const done = arguments[arguments.length - 1]; window.__plainPeer('{url}', '{room}').then(done);"
+    ))
+    .await
+}
+
+/// One run of the plain-JS two-page baseline, shaped exactly like ours.
+async fn plain_once(a: &Page, b: &Page, url: &str, room: &str) -> Result<f64> {
+    let v = plain_connect(a, b, url, room).await?;
     if std::env::var_os("FERRY_BENCH_TRACE").is_some() {
         let t = b.eval("return window.__plainTrace.join('\\n')").await?;
         eprintln!("--- plain B\n{}", t.as_str().unwrap_or_default());
@@ -321,18 +326,7 @@ fn raw_receive_js(total: u64) -> String {
 
 /// One raw JavaScript transfer of `total` bytes A→B; returns MB/s.
 async fn raw_once(a: &Page, b: &Page, url: &str, room: &str, total: u64, size: u32) -> Result<f64> {
-    for p in [a, b] {
-        p.eval("window.__plainJoined = false; return true").await?;
-        p.eval(PLAIN_PEER_JS).await?;
-    }
-    a.eval(&format!(
-        "window.__plainPeer('{url}', '{room}'); return true"
-    ))
-    .await?;
-    a.wait_for("window.__plainJoined", Duration::from_secs(10))
-        .await?;
-    b.eval_async(&format!("const done = arguments[arguments.length - 1]; window.__plainPeer('{url}', '{room}').then(done);"))
-        .await?;
+    plain_connect(a, b, url, room).await?;
     a.wait_for(
         "window.__plainChannel && window.__plainChannel.readyState === 'open'",
         Duration::from_secs(10),
