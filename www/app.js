@@ -245,6 +245,81 @@ function applyEvent(e) {
 const transfers = new Map(); // id -> transfer view state
 let transfersDirty = false;
 
+// Where the browser has the File System Access API, received files can go
+// straight into a folder the user picks, with the sender's folder structure.
+// They are received into private storage first (OPFS, resumable, verified
+// chunk by chunk) and copied into the folder once their BLAKE3 matches, so
+// the folder never holds a partial or unverified file.
+const canPickFolder = () => typeof window.showDirectoryPicker === "function";
+
+async function pickFolder() {
+  try {
+    return await window.showDirectoryPicker({ id: "ferry-received", mode: "readwrite" });
+  } catch (err) {
+    if (err.name === "AbortError") return null; // The user closed the picker.
+    throw err;
+  }
+}
+
+// A name in `dir` that is not taken: "a.txt", then "a (1).txt", …
+async function freeName(dir, name) {
+  const dot = name.lastIndexOf(".");
+  const [stem, ext] = dot > 0 ? [name.slice(0, dot), name.slice(dot)] : [name, ""];
+  for (let i = 0; i < 1000; i++) {
+    const candidate = i === 0 ? name : `${stem} (${i})${ext}`;
+    try {
+      await dir.getFileHandle(candidate);
+    } catch (err) {
+      if (err.name === "NotFoundError") return candidate;
+      if (err.name !== "TypeMismatchError") throw err;
+    }
+  }
+  throw new Error(`too many files named ${name}`);
+}
+
+// Copies one verified file from private storage into the picked folder,
+// creating its subfolders; never overwrites a file that is already there.
+async function copyToFolder(x, i) {
+  const f = x.files[i];
+  const file = await client.savedFile(x.id, i);
+  const parts = f.path.split("/");
+  let dir = x.folder;
+  for (const p of parts.slice(0, -1)) dir = await dir.getDirectoryHandle(p, { create: true });
+  const name = await freeName(dir, parts[parts.length - 1]);
+  const handle = await dir.getFileHandle(name, { create: true });
+  const writable = await handle.createWritable();
+  await file.stream().pipeTo(writable); // Closes (commits) the file at the end.
+  f.savedAs = [...parts.slice(0, -1), name].join("/");
+  if (f.url) URL.revokeObjectURL(f.url);
+  f.url = null;
+  try { client.discardSavedFile(x.id, i); } catch { /* cleaned on a later visit */ }
+}
+
+function saveToFolder(x, i) {
+  x.saving = (x.saving || Promise.resolve()).then(() => copyToFolder(x, i)).then(
+    () => { folderMessage(x); transfersChanged(); },
+    (err) => {
+      x.message = `Could not save ${x.files[i].path} in “${x.folder.name}”: ${err.message}. Use its Save link instead.`;
+      client?.savedFile(x.id, i).then((file) => { x.files[i].url = URL.createObjectURL(file); transfersChanged(); });
+      transfersChanged();
+    },
+  );
+}
+
+function folderMessage(x) {
+  if (x.state !== "completed" || x.dir !== "in") return;
+  const saved = x.files.filter((f) => f.savedAs).length;
+  if (saved === x.files.length) x.message = `Saved in the folder “${x.folder.name}”; every file matches its BLAKE3 hash.`;
+  else if (!x.message.startsWith("Could not")) x.message = `All files arrived and match their BLAKE3 hashes; saving in “${x.folder.name}” (${saved} of ${x.files.length})…`;
+}
+
+async function saveAllToFolder(x) {
+  const folder = await pickFolder();
+  if (!folder) return;
+  x.folder = folder;
+  x.files.forEach((f, i) => { if (f.verified && !f.savedAs) saveToFolder(x, i); });
+}
+
 function formatBytes(n) {
   if (n < 1024) return `${n} B`;
   const units = ["KB", "MB", "GB", "TB"];
@@ -301,6 +376,7 @@ function applyTransferEvent(t) {
         const f = x.files[t.file];
         f.verified = true;
         f.hash = t.hash;
+        if (x.folder) { saveToFolder(x, t.file); break; }
         client?.savedFile(t.id, t.file).then((file) => {
           f.url = URL.createObjectURL(file);
           transfersChanged();
@@ -311,6 +387,7 @@ function applyTransferEvent(t) {
       if (x) {
         x.state = "completed"; x.done = x.total;
         x.message = x.dir === "in" ? "All files arrived and match their BLAKE3 hashes." : "Delivered and verified by the receiver.";
+        if (x.folder) folderMessage(x);
       }
       break;
     case "cancelled":
@@ -352,7 +429,7 @@ function renderTransfers() {
 }
 
 function shapeOf(x) {
-  return JSON.stringify([x.id, x.state, x.message, x.peer, x.files.map((f) => [f.verified, !!f.url])]);
+  return JSON.stringify([x.id, x.state, x.message, x.peer, !!x.folder, x.files.map((f) => [f.verified, !!f.url, f.savedAs])]);
 }
 
 function updateProgress(x) {
@@ -395,9 +472,18 @@ function renderTransfer(x) {
   };
   if (x.dir === "in" && x.state === "offered") {
     button("Accept", "accept-transfer", "btn-primary", () => act(() => { client.acceptTransfer(x.id); x.state = "active"; x.message = ""; }));
+    if (canPickFolder()) {
+      button("Accept into folder…", "accept-into-folder", "", () => pickFolder().then((folder) => {
+        if (!folder || x.state !== "offered") return;
+        x.folder = folder;
+        act(() => { client.acceptTransfer(x.id); x.state = "active"; x.message = `Saving into “${folder.name}” as each file is verified.`; });
+      }, (err) => showFilesError(`Cannot use that folder: ${err.message}`)));
+    }
     button("Decline", "decline-transfer", "", () => act(() => { client.declineTransfer(x.id, "declined"); x.state = "declined"; x.message = "You declined."; }));
   } else if (["offered", "active", "interrupted"].includes(x.state) && x.id) {
     button("Cancel", "cancel-transfer", "btn-ghost", () => act(() => client.cancelTransfer(x.id)));
+  } else if (x.dir === "in" && x.state === "completed" && canPickFolder() && !x.folder) {
+    button("Save all to folder…", "save-to-folder", "", () => saveAllToFolder(x).catch((err) => showFilesError(`Cannot use that folder: ${err.message}`)));
   }
   head.append(title, actions);
   li.append(head);
@@ -424,7 +510,12 @@ function renderTransfer(x) {
       const badge = Object.assign(document.createElement("span"), { className: "badge badge-ok", textContent: "✓ verified", title: `BLAKE3 ${f.hash}` });
       badge.dataset.testid = "verified";
       row.append(badge);
-      if (f.url) {
+      if (f.savedAs) {
+        const renamed = f.savedAs !== f.path ? ` as ${f.savedAs.split("/").pop()}` : "";
+        const saved = Object.assign(document.createElement("span"), { className: "saved", textContent: `in folder${renamed}`, title: `${x.folder.name}/${f.savedAs}` });
+        saved.dataset.testid = "saved-in-folder";
+        row.append(saved);
+      } else if (f.url) {
         const a = Object.assign(document.createElement("a"), { className: "save", href: f.url, textContent: "Save", download: f.path.split("/").join("_") });
         a.dataset.testid = "save-file";
         row.append(a);
@@ -581,7 +672,11 @@ function enterRoom(code) {
     // After a reload, ask for the same peer id so that transfers resume.
     const previous = JSON.parse(sessionStorage.getItem("ferry.identity") || "null");
     const rejoinAs = previous && previous.room === code ? previous.peerId : undefined;
-    client = new FerryClient({ serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs }, onEvent);
+    // Developers can tune the transfer engine (chunkSize, window) from the
+    // console: localStorage.setItem("ferry.tuning", '{"window":128}').
+    let tuning = {};
+    try { tuning = JSON.parse(localStorage.getItem("ferry.tuning") || "{}") || {}; } catch { /* ignore */ }
+    client = new FerryClient({ ...tuning, serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs }, onEvent);
     ferry.client = client;
     // The QR code and the URL can wait until the handshake is done.
     afterHandshake(() => {

@@ -3,7 +3,8 @@
 // place, so a partial file survives a reload and the transfer resumes.
 // Messages: {seq, op: "write", path, offset, data} | {seq, op: "close", path}
 // | {seq, op: "file", path} (closes it, answers with the File) | {seq, op:
-// "delete", dir}; every message is answered {seq, ok, error?, file?}.
+// "delete", dir} (a folder or a single file); every message is answered
+// {seq, ok, error?, file?}.
 
 const handles = new Map(); // path -> FileSystemSyncAccessHandle
 
@@ -56,7 +57,7 @@ async function handle(msg) {
     }
     case "delete": {
       for (const [path, h] of handles) {
-        if (path.startsWith(msg.dir + "/")) {
+        if (path === msg.dir || path.startsWith(msg.dir + "/")) {
           h.close();
           handles.delete(path);
         }

@@ -44,6 +44,13 @@ struct Options {
     /// URL of the hashing worker module.
     #[serde(default = "default_hash_url")]
     hash_worker_url: String,
+    /// Chunk size this side offers as a sender, in bytes (a power of two;
+    /// a tuning knob, see `docs/benchmarks.md`).
+    #[serde(default)]
+    chunk_size: Option<u32>,
+    /// Chunks a receiver keeps requested at once (a tuning knob).
+    #[serde(default)]
+    window: Option<usize>,
 }
 
 fn default_hash_url() -> String {
@@ -603,6 +610,12 @@ impl FerryClient {
         if let Some(ms) = opts.connect_timeout_ms {
             config.connect_timeout = ms;
         }
+        if let Some(cs) = opts.chunk_size {
+            config.transfer.chunk_size = cs;
+        }
+        if let Some(w) = opts.window {
+            config.transfer.window = w.clamp(1, 1024);
+        }
         let epoch = performance_now();
         let shared = Rc::new(RefCell::new(Driver {
             session: Session::new(config, 0),
@@ -816,6 +829,18 @@ impl FerryClient {
                 let _ = reject.call1(&JsValue::NULL, &JsValue::from(e));
             }
         })
+    }
+
+    /// Removes a received file from private storage, once the page has
+    /// copied it somewhere else (a folder the user picked).
+    #[wasm_bindgen(js_name = discardSavedFile)]
+    pub fn discard_saved_file(&self, id: &str, file: u32) -> Result<(), Error> {
+        let id = id_from_hex(id).ok_or_else(|| Error::Options("bad transfer id".into()))?;
+        let weak = Rc::downgrade(&self.shared);
+        let mut d = self.shared.borrow_mut();
+        let path = d.file_path(&id, file)?;
+        d.sink(&weak)?
+            .simple("delete", "dir", &path, SinkJob::Quiet)
     }
 
     /// Our peer id, once joined.

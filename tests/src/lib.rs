@@ -222,12 +222,16 @@ pub fn tempdir(prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Resident memory of this page's renderer processes, in bytes (the largest
-/// one: the page's own renderer).
-pub fn renderer_rss(profile: &std::path::Path) -> Option<u64> {
+/// The Chromium processes started for this profile: `(pid, type)`, where
+/// the type is `browser`, `renderer`, `gpu-process` or the utility
+/// sub-type (`network.mojom.NetworkService`, …).
+pub fn chromium_processes(profile: &std::path::Path) -> Vec<(u32, String)> {
     let mut parent = std::collections::HashMap::new();
     let mut cmdlines = std::collections::HashMap::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in dir.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
@@ -246,10 +250,13 @@ pub fn renderer_rss(profile: &std::path::Path) -> Option<u64> {
         cmdlines.insert(pid, String::from_utf8_lossy(&cmd).replace('\0', " "));
     }
     let needle = format!("--user-data-dir={}", profile.display());
-    let browser = cmdlines
+    let Some(browser) = cmdlines
         .iter()
         .find(|(_, c)| c.contains(&needle) && !c.contains("--type="))
-        .map(|(p, _)| *p)?;
+        .map(|(p, _)| *p)
+    else {
+        return Vec::new();
+    };
     let descends = |mut pid: u32| {
         for _ in 0..16 {
             match parent.get(&pid) {
@@ -260,9 +267,74 @@ pub fn renderer_rss(profile: &std::path::Path) -> Option<u64> {
         }
         false
     };
-    cmdlines
-        .iter()
-        .filter(|(pid, c)| c.contains("--type=renderer") && descends(**pid))
+    let flag = |c: &str, name: &str| {
+        c.split(' ')
+            .find_map(|a| a.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let mut out = vec![(browser, "browser".to_owned())];
+    for (pid, c) in &cmdlines {
+        if *pid != browser && descends(*pid) {
+            let kind = match flag(c, "--type=").as_deref() {
+                Some("utility") => {
+                    flag(c, "--utility-sub-type=").unwrap_or_else(|| "utility".into())
+                }
+                Some(t) => t.to_owned(),
+                None => continue,
+            };
+            out.push((*pid, kind));
+        }
+    }
+    out
+}
+
+fn clock_ticks(stat: &str) -> Option<u64> {
+    let mut f = stat.rsplit(") ").next()?.split_whitespace().skip(11);
+    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+}
+
+/// CPU time used so far by this profile's Chromium processes, in seconds,
+/// keyed by process type; renderer threads are split out by thread name
+/// (`renderer/CrRendererMain`, `renderer/DedicatedWorker thread`, …).
+pub fn cpu_seconds(profile: &std::path::Path) -> std::collections::BTreeMap<String, f64> {
+    // USER_HZ is 100 on Linux.
+    const HZ: f64 = 100.0;
+    let mut out = std::collections::BTreeMap::new();
+    for (pid, kind) in chromium_processes(profile) {
+        if kind == "renderer" {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let path = t.path();
+                let (Ok(stat), Ok(comm)) = (
+                    std::fs::read_to_string(path.join("stat")),
+                    std::fs::read_to_string(path.join("comm")),
+                ) else {
+                    continue;
+                };
+                if let Some(ticks) = clock_ticks(&stat) {
+                    *out.entry(format!("renderer/{}", comm.trim()))
+                        .or_insert(0.0) += ticks as f64 / HZ;
+                }
+            }
+        } else if let Some(ticks) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .as_deref()
+            .and_then(clock_ticks)
+        {
+            *out.entry(kind).or_insert(0.0) += ticks as f64 / HZ;
+        }
+    }
+    out
+}
+
+/// Resident memory of this page's renderer processes, in bytes (the largest
+/// one: the page's own renderer).
+pub fn renderer_rss(profile: &std::path::Path) -> Option<u64> {
+    chromium_processes(profile)
+        .into_iter()
+        .filter(|(_, kind)| kind == "renderer")
         .filter_map(|(pid, _)| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let kb = status
@@ -275,6 +347,58 @@ pub fn renderer_rss(profile: &std::path::Path) -> Option<u64> {
             Some(kb * 1024)
         })
         .max()
+}
+
+/// A Chrome DevTools Protocol command sent through chromedriver.
+#[derive(Debug)]
+struct Cdp {
+    body: String,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(self.body.clone()))
+    }
+}
+
+/// Self time per function in a CDP `Profiler.stop` result, largest first:
+/// `(function (script), share of all samples)`.
+pub fn profile_top(profile: &Value, n: usize) -> Vec<(String, f64)> {
+    let mut by_fn = std::collections::HashMap::<String, u64>::new();
+    let mut total = 0;
+    for node in profile["nodes"].as_array().into_iter().flatten() {
+        let hits = node["hitCount"].as_u64().unwrap_or(0);
+        let frame = &node["callFrame"];
+        let name = frame["functionName"].as_str().unwrap_or("");
+        let script = frame["url"].as_str().unwrap_or("");
+        let script = script.rsplit('/').next().unwrap_or(script);
+        let key = match (name, script) {
+            ("", "") => "(native)".to_owned(),
+            ("", s) => format!("(anonymous) {s}"),
+            (f, "") => f.to_owned(),
+            (f, s) => format!("{f} {s}"),
+        };
+        *by_fn.entry(key).or_insert(0) += hits;
+        total += hits;
+    }
+    let mut v: Vec<_> = by_fn
+        .into_iter()
+        .map(|(k, h)| (k, h as f64 / total.max(1) as f64))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.truncate(n);
+    v
 }
 
 /// One browser tab showing the Ferry page.
@@ -338,6 +462,32 @@ impl Page {
     /// Resident memory of this page's renderer, in bytes.
     pub fn renderer_rss(&self) -> Option<u64> {
         renderer_rss(&self.profile)
+    }
+
+    /// Runs a Chrome DevTools Protocol command on this page.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Result<Value> {
+        let body = json!({ "cmd": cmd, "params": params }).to_string();
+        Ok(self.client.issue_cmd(Cdp { body }).await?)
+    }
+
+    /// Starts sampling the page's JavaScript and WebAssembly (main thread).
+    pub async fn start_profile(&self) -> Result<()> {
+        self.cdp("Profiler.enable", json!({})).await?;
+        self.cdp("Profiler.setSamplingInterval", json!({ "interval": 500 }))
+            .await?;
+        self.cdp("Profiler.start", json!({})).await?;
+        Ok(())
+    }
+
+    /// Stops sampling; returns the `n` functions with the most self time.
+    pub async fn stop_profile(&self, n: usize) -> Result<Vec<(String, f64)>> {
+        let out = self.cdp("Profiler.stop", json!({})).await?;
+        Ok(profile_top(&out["profile"], n))
+    }
+
+    /// CPU seconds used so far by this page's browser, by process type.
+    pub fn cpu_seconds(&self) -> std::collections::BTreeMap<String, f64> {
+        cpu_seconds(&self.profile)
     }
 
     /// Types into the element with this `data-testid`.

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use ferry_e2e::{Browser, Page, Server, tempdir};
 
 const CONNECT: Duration = Duration::from_secs(20);
@@ -227,6 +229,120 @@ async fn a_large_file_and_a_folder_arrive_intact_with_bounded_memory() -> Result
     Ok(())
 }
 
+/// Points the page's folder picker at a folder in its private storage: a
+/// headless browser has no picker dialog to click through. Everything after
+/// the pick (creating folders, writing, never overwriting) is the page's
+/// real code on a real `FileSystemDirectoryHandle`.
+const FAKE_PICKER: &str = "window.showDirectoryPicker = async () => (await navigator.storage.getDirectory()).getDirectoryHandle('picked', { create: true }); return true";
+
+/// Every file under the picked folder: `[[path, base64], …]`.
+const READ_PICKED: &str = "const done = arguments[arguments.length - 1];
+(async () => {
+  const out = [];
+  const walk = async (dir, prefix) => {
+    for await (const [name, h] of dir.entries()) {
+      if (h.kind === 'directory') { await walk(h, prefix + name + '/'); continue; }
+      const file = await h.getFile();
+      const url = await new Promise((ok) => { const r = new FileReader(); r.onload = () => ok(r.result); r.readAsDataURL(file); });
+      out.push([prefix + name, url.slice(url.indexOf(',') + 1)]);
+    }
+  };
+  await walk(await (await navigator.storage.getDirectory()).getDirectoryHandle('picked'), '');
+  let staged = 0;
+  const count = async (dir) => { for await (const [, h] of dir.entries()) { if (h.kind === 'directory') await count(h); else staged++; } };
+  try { await count(await (await navigator.storage.getDirectory()).getDirectoryHandle('ferry')); } catch {}
+  return [out, staged];
+})().then(done, (e) => done(String(e)));";
+
+#[tokio::test]
+async fn files_go_into_a_picked_folder_with_their_structure() -> Result<()> {
+    let work = tempdir("ferry-folder")?;
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let folder = work.join("src/trip");
+    make_file(&folder.join("photo.jpg"), 3_000_001, "photo2")?;
+    make_file(&folder.join("notes/todo.txt"), 1234, "todo2")?;
+    make_file(&folder.join("notes/empty.txt"), 0, "empty2")?;
+    make_file(&folder.join("deep/er/raw.dat"), 262_144, "raw2")?;
+    let single = work.join("src/readme.md");
+    make_file(&single, 777, "readme")?;
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let (a, b) = pair(&browser, &server, &downloads).await?;
+    b.eval(FAKE_PICKER).await?;
+    // A file of the same name is already in the folder: it must survive.
+    b.eval_async("const done = arguments[arguments.length - 1]; (async () => { const d = await window.showDirectoryPicker(); const t = await d.getDirectoryHandle('trip', { create: true }); const w = await (await t.getFileHandle('photo.jpg', { create: true })).createWritable(); await w.write('old'); await w.close(); })().then(() => done(true), (e) => done(String(e)));").await?;
+
+    a.upload("pick-folder", &folder).await?;
+    b.wait_for(
+        &format!("document.querySelector(\"{INCOMING}[data-state='offered']\") !== null"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let _ = std::fs::create_dir_all("../target/e2e");
+    b.screenshot("../target/e2e/files-folder-offer.png").await?;
+    b.click("accept-into-folder").await?;
+    b.wait_for(&format!("document.querySelector(\"{INCOMING}\").dataset.state === 'completed' && document.querySelectorAll(\"{INCOMING} [data-testid='saved-in-folder']\").length === 4"), Duration::from_secs(120))
+        .await
+        .context("all four files saved in the folder")?;
+    assert_eq!(
+        b.eval(&format!(
+            "return document.querySelectorAll(\"{INCOMING} [data-testid='save-file']\").length"
+        ))
+        .await?
+        .as_u64(),
+        Some(0),
+        "no download links once the files are in the folder"
+    );
+
+    // A completed transfer received the ordinary way can be saved later.
+    a.upload("pick-files", &single).await?;
+    accept(&b, 2).await?;
+    b.wait_for(
+        &format!("document.querySelector(\"{INCOMING}\").dataset.state === 'completed'"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    b.click("save-to-folder").await?;
+    b.wait_for(
+        &format!("document.querySelector(\"{INCOMING} [data-testid='saved-in-folder']\") !== null"),
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    b.screenshot("../target/e2e/files-folder-saved.png").await?;
+    let v = b.eval_async(READ_PICKED).await?;
+    let (files, staged): (Vec<(String, String)>, u64) =
+        serde_json::from_value(v.clone()).with_context(|| format!("reading the folder: {v}"))?;
+    let got: std::collections::BTreeMap<String, blake3::Hash> = files
+        .into_iter()
+        .map(|(path, b64)| Ok((path, blake3::hash(&BASE64.decode(b64)?))))
+        .collect::<Result<_>>()?;
+    let mut want = std::collections::BTreeMap::new();
+    want.insert("trip/photo.jpg".to_owned(), blake3::hash(b"old"));
+    want.insert(
+        "trip/photo (1).jpg".to_owned(),
+        hash_file(&folder.join("photo.jpg"))?,
+    );
+    for rel in ["notes/todo.txt", "notes/empty.txt", "deep/er/raw.dat"] {
+        want.insert(format!("trip/{rel}"), hash_file(&folder.join(rel))?);
+    }
+    want.insert("readme.md".to_owned(), hash_file(&single)?);
+    assert_eq!(
+        got, want,
+        "the folder holds exactly the sent tree, byte for byte"
+    );
+    assert_eq!(staged, 0, "private storage copies are removed once saved");
+    assert!(
+        std::fs::read_dir(&downloads)?.next().is_none(),
+        "nothing went to Downloads"
+    );
+    a.close().await?;
+    b.close().await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_reloaded_receiver_resumes_where_it_stopped() -> Result<()> {
     let size: u64 = 160 << 20;
@@ -267,7 +383,7 @@ async fn a_reloaded_receiver_resumes_where_it_stopped() -> Result<()> {
     )
     .await?;
     let wire = sender_wire_bytes(&a).await?;
-    let window = 64 * 128 * 1024;
+    let window = 128 * 128 * 1024;
     println!(
         "resume: sender put {wire} bytes on the wire for a {size}-byte file (bound {})",
         size + window

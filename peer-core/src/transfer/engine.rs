@@ -37,7 +37,7 @@ impl Default for TransferConfig {
         Self {
             chunk_size: 128 * 1024,
             max_message: 256 * 1024,
-            window: 64,
+            window: 128,
             meta_page: 64 * 1024,
             request_timeout: 10_000,
             max_stalls: 3,

@@ -403,7 +403,47 @@ async fn ours_swap_once(
     ))
 }
 
-async fn swap(mib: u64) -> Result<()> {
+type Cpu = std::collections::BTreeMap<String, f64>;
+
+/// CPU seconds both pages' browsers used while `f` ran, by process type.
+async fn with_cpu<T>(
+    a: &Page,
+    b: &Page,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, Cpu, Cpu)> {
+    let (a0, b0) = (a.cpu_seconds(), b.cpu_seconds());
+    let out = f.await?;
+    let diff = |before: &Cpu, after: Cpu| -> Cpu {
+        after
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v - before.get(&k).copied().unwrap_or(0.0);
+                (k, (d * 10.0).round() / 10.0)
+            })
+            .filter(|(_, v)| *v >= 0.5)
+            .collect()
+    };
+    Ok((out, diff(&a0, a.cpu_seconds()), diff(&b0, b.cpu_seconds())))
+}
+
+fn print_cpu(label: &str, a: &Cpu, b: &Cpu) {
+    let total = |m: &Cpu| m.values().sum::<f64>();
+    let show = |m: &Cpu| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "  cpu, {label}: sender {:.1} s ({}); receiver {:.1} s ({})",
+        total(a),
+        show(a),
+        total(b),
+        show(b)
+    );
+}
+
+async fn swap(mib: u64, tuning: Option<String>) -> Result<()> {
     let total = mib << 20;
     let dir = ferry_e2e::tempdir("ferry-bench-swap")?;
     let file = dir.join("payload.bin");
@@ -421,10 +461,20 @@ async fn swap(mib: u64) -> Result<()> {
     let server = Server::start(5_000).await?;
     let browser = Browser::start().await?;
     let a = browser.page().await?;
-    a.open(&server.url()).await?;
+    let b = browser.page().await?;
+    let set_tuning = match &tuning {
+        Some(t) => format!(
+            "localStorage.setItem('ferry.tuning', {}); return true",
+            serde_json::to_string(t)?
+        ),
+        None => "localStorage.removeItem('ferry.tuning'); return true".into(),
+    };
+    for p in [&a, &b] {
+        p.open(&server.url()).await?;
+        p.eval(&set_tuning).await?;
+    }
     a.click("create-room").await?;
     let link = a.room_link().await?;
-    let b = browser.page().await?;
     b.open(&link).await?;
     a.wait_connected_peers(1, Duration::from_secs(20)).await?;
     b.wait_connected_peers(1, Duration::from_secs(20)).await?;
@@ -432,17 +482,37 @@ async fn swap(mib: u64) -> Result<()> {
     let nonce = std::process::id();
     let mut raw = Vec::new();
     for (i, size) in [65_536u32, 262_144].into_iter().enumerate() {
-        let mbs = raw_once(&a, &b, &url, &format!("raw-{nonce}-{i}"), total, size).await?;
+        let (mbs, ca, cb) = with_cpu(
+            &a,
+            &b,
+            raw_once(&a, &b, &url, &format!("raw-{nonce}-{i}"), total, size),
+        )
+        .await?;
         println!(
             "raw JS data channel, {} KiB messages: {mbs:.1} MB/s",
             size / 1024
         );
+        print_cpu("raw", &ca, &cb);
         raw.push((size, mbs));
     }
-    let (ours, growth) = ours_swap_once(&a, &b, &file, total).await?;
+    let profile = std::env::var_os("FERRY_BENCH_PROFILE").is_some();
+    if profile {
+        a.start_profile().await?;
+        b.start_profile().await?;
+    }
+    let ((ours, growth), ca, cb) = with_cpu(&a, &b, ours_swap_once(&a, &b, &file, total)).await?;
+    if profile {
+        for (who, p) in [("sender", &a), ("receiver", &b)] {
+            println!("  main-thread profile, {who}:");
+            for (f, share) in p.stop_profile(25).await? {
+                println!("    {:5.1} %  {f}", share * 100.0);
+            }
+        }
+    }
     println!(
         "ours (hash, offer, verify, write to OPFS): {ours:.1} MB/s, receiver renderer growth {growth:.0} MB"
     );
+    print_cpu("ours", &ca, &cb);
     // The baseline gets a second chance after ours, so that warm-up favours it.
     let again = raw_once(&a, &b, &url, &format!("raw-{nonce}-again"), total, 262_144).await?;
     println!("raw JS data channel, 256 KiB messages, again: {again:.1} MB/s");
@@ -465,6 +535,7 @@ async fn swap(mib: u64) -> Result<()> {
             "baseline_message_bytes": best_size,
             "ratio": (ours / best * 1000.0).round() / 1000.0,
             "receiver_peak_mb": round(growth),
+            "tuning": tuning.as_deref().map(serde_json::from_str::<serde_json::Value>).transpose()?,
         })
     );
     Ok(())
@@ -478,6 +549,9 @@ enum Cli {
         /// Size of the transfer in MiB.
         #[arg(long, default_value_t = 1024)]
         mib: u64,
+        /// Engine tuning for both pages, as JSON, e.g. '{"chunkSize":65536,"window":128}'.
+        #[arg(long)]
+        tuning: Option<String>,
     },
     /// Join-to-open time of two pages, against a plain-JS pair.
     Connect {
@@ -491,6 +565,6 @@ enum Cli {
 async fn main() -> Result<()> {
     match Cli::parse() {
         Cli::Connect { runs } => connect(runs).await,
-        Cli::Swap { mib } => swap(mib).await,
+        Cli::Swap { mib, tuning } => swap(mib, tuning).await,
     }
 }
