@@ -2,6 +2,7 @@
 // (joining, negotiation, reconnects, message validation) lives in wasm;
 // this module renders its events and forwards clicks.
 import init, { FerryClient, newRoomCode, normalizeRoomCode, preconnect, qrSvg } from "./pkg/ferry_wasm.js";
+import { StreamSink } from "./stream-sink.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -250,7 +251,45 @@ let transfersDirty = false;
 // They are received into private storage first (OPFS, resumable, verified
 // chunk by chunk) and copied into the folder once their BLAKE3 matches, so
 // the folder never holds a partial or unverified file.
-const canPickFolder = () => typeof window.showDirectoryPicker === "function";
+const canPickFolder = () => typeof window.showDirectoryPicker === "function" && sinkKind === "opfs";
+
+// Where received files are written, picked by what the browser can do:
+// "opfs" (a worker with sync access handles; resumable, then a download or
+// a folder), else "stream" (a download streamed through a service worker;
+// not resumable), else "none". Developers can force one with
+// localStorage.setItem("ferry.sink", "stream").
+let sinkKind = null;
+let sinkProbe = null;
+
+function probeSink() {
+  sinkProbe ||= (async () => {
+    const forced = localStorage.getItem("ferry.sink");
+    if (forced !== "stream") {
+      const ok = await new Promise((resolve) => {
+        let w;
+        try { w = new Worker("sink-worker.js"); } catch { resolve(false); return; }
+        const timer = setTimeout(() => { w.terminate(); resolve(false); }, 5000);
+        w.onmessage = (e) => { clearTimeout(timer); w.terminate(); resolve(!!e.data.ok); };
+        w.onerror = () => { clearTimeout(timer); w.terminate(); resolve(false); };
+        w.postMessage({ seq: 0, op: "probe" });
+      });
+      if (ok || forced === "opfs") return "opfs";
+    }
+    return "serviceWorker" in navigator && window.isSecureContext ? "stream" : "none";
+  })().then((kind) => { sinkKind = kind; return kind; });
+  return sinkProbe;
+}
+
+// Accepts once the sink is known; says what to do when there is none.
+async function acceptWhenReady(x, how) {
+  const kind = await probeSink();
+  if (kind === "none") {
+    showFilesError("This browser cannot store received files here (no private file storage and no service workers). Leave private browsing or use another browser, then ask for the files again.");
+    return;
+  }
+  if (x.state !== "offered") return;
+  act(() => { client.acceptTransfer(x.id); x.state = "active"; x.message = how(kind); });
+}
 
 async function pickFolder() {
   try {
@@ -348,6 +387,7 @@ function applyTransferEvent(t) {
   switch (t.type) {
     case "offered":
     case "resuming":
+      probeSink();
       transfers.set(t.id, {
         id: t.id, dir: "in", peer: t.peer, total: t.total_bytes, done: 0, rate: 0, eta: null,
         files: t.files.map((f) => ({ path: f.path, size: f.size, verified: false })),
@@ -378,7 +418,8 @@ function applyTransferEvent(t) {
         f.hash = t.hash;
         if (x.folder) { saveToFolder(x, t.file); break; }
         client?.savedFile(t.id, t.file).then((file) => {
-          f.url = URL.createObjectURL(file);
+          if (file) f.url = URL.createObjectURL(file);
+          else f.savedAs = "Downloads"; // Streamed straight into the downloads.
           transfersChanged();
         }, (err) => { x.message = `Cannot open ${f.path}: ${err.message}`; transfersChanged(); });
       }
@@ -471,12 +512,12 @@ function renderTransfer(x) {
     actions.append(b);
   };
   if (x.dir === "in" && x.state === "offered") {
-    button("Accept", "accept-transfer", "btn-primary", () => act(() => { client.acceptTransfer(x.id); x.state = "active"; x.message = ""; }));
+    button("Accept", "accept-transfer", "btn-primary", () => acceptWhenReady(x, (kind) => (kind === "stream" ? "Each file downloads as it arrives; this browser cannot resume it after a reload." : "")));
     if (canPickFolder()) {
       button("Accept into folder…", "accept-into-folder", "", () => pickFolder().then((folder) => {
         if (!folder || x.state !== "offered") return;
         x.folder = folder;
-        act(() => { client.acceptTransfer(x.id); x.state = "active"; x.message = `Saving into “${folder.name}” as each file is verified.`; });
+        return acceptWhenReady(x, () => `Saving into “${folder.name}” as each file is verified.`);
       }, (err) => showFilesError(`Cannot use that folder: ${err.message}`)));
     }
     button("Decline", "decline-transfer", "", () => act(() => { client.declineTransfer(x.id, "declined"); x.state = "declined"; x.message = "You declined."; }));
@@ -510,7 +551,11 @@ function renderTransfer(x) {
       const badge = Object.assign(document.createElement("span"), { className: "badge badge-ok", textContent: "✓ verified", title: `BLAKE3 ${f.hash}` });
       badge.dataset.testid = "verified";
       row.append(badge);
-      if (f.savedAs) {
+      if (f.savedAs === "Downloads" && !x.folder) {
+        const saved = Object.assign(document.createElement("span"), { className: "saved", textContent: "in Downloads" });
+        saved.dataset.testid = "saved-in-downloads";
+        row.append(saved);
+      } else if (f.savedAs) {
         const renamed = f.savedAs !== f.path ? ` as ${f.savedAs.split("/").pop()}` : "";
         const saved = Object.assign(document.createElement("span"), { className: "saved", textContent: `in folder${renamed}`, title: `${x.folder.name}/${f.savedAs}` });
         saved.dataset.testid = "saved-in-folder";
@@ -676,7 +721,8 @@ function enterRoom(code) {
     // console: localStorage.setItem("ferry.tuning", '{"window":128}').
     let tuning = {};
     try { tuning = JSON.parse(localStorage.getItem("ferry.tuning") || "{}") || {}; } catch { /* ignore */ }
-    client = new FerryClient({ ...tuning, serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs }, onEvent);
+    const sinkFactory = () => (sinkKind === "stream" ? new StreamSink("sw.js") : null);
+    client = new FerryClient({ ...tuning, serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs, sinkFactory }, onEvent);
     ferry.client = client;
     // The QR code and the URL can wait until the handshake is done.
     afterHandshake(() => {

@@ -3,7 +3,8 @@
 // place, so a partial file survives a reload and the transfer resumes.
 // Messages: {seq, op: "write", path, offset, data} | {seq, op: "close", path}
 // | {seq, op: "file", path} (closes it, answers with the File) | {seq, op:
-// "delete", dir} (a folder or a single file); every message is answered
+// "delete", dir} (a folder or a single file) | {seq, op: "probe"} (fails
+// where OPFS sync access handles do not work); every message is answered
 // {seq, ok, error?, file?}.
 
 const handles = new Map(); // path -> FileSystemSyncAccessHandle
@@ -71,6 +72,14 @@ async function handle(msg) {
       } catch (e) {
         if (e.name !== "NotFoundError") throw e;
       }
+      return;
+    }
+    case "probe": {
+      // Can this browser write here? (No OPFS in some private windows.)
+      const root = await navigator.storage.getDirectory();
+      const fh = await root.getFileHandle(".ferry-probe", { create: true });
+      (await fh.createSyncAccessHandle()).close();
+      await root.removeEntry(".ferry-probe");
       return;
     }
     default:

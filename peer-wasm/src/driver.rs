@@ -44,6 +44,11 @@ struct Options {
     /// URL of the hashing worker module.
     #[serde(default = "default_hash_url")]
     hash_worker_url: String,
+    /// A function returning the object to write received files with, in
+    /// place of the OPFS worker (for example a download stream where OPFS
+    /// is missing); it may return `null` to keep the worker.
+    #[serde(skip)]
+    sink_factory: Option<js_sys::Function>,
     /// Chunk size this side offers as a sender, in bytes (a power of two;
     /// a tuning knob, see `docs/benchmarks.md`).
     #[serde(default)]
@@ -93,6 +98,7 @@ pub(crate) struct Driver {
     outgoing_files: HashMap<TransferId, Vec<File>>,
     sink: Option<Sink>,
     sink_url: String,
+    sink_factory: Option<js_sys::Function>,
     hash_url: String,
     last_save: HashMap<TransferId, u64>,
 }
@@ -229,7 +235,12 @@ impl Driver {
                     }
                 }
             });
-            self.sink = Some(Sink::new(&self.sink_url, on_message, pending)?);
+            self.sink = Some(Sink::new(
+                &self.sink_url,
+                self.sink_factory.as_ref(),
+                on_message,
+                pending,
+            )?);
         }
         self.sink
             .as_mut()
@@ -255,8 +266,16 @@ impl Driver {
         data: &[u8],
     ) -> Result<(), Error> {
         let path = self.file_path(id, file)?;
+        let (name, size) = self
+            .session
+            .transfers()
+            .files(id)
+            .and_then(|f| f.get(file as usize))
+            .map(|f| (f.path.replace('/', "_"), f.size))
+            .ok_or_else(|| Error::Js("no such download".into()))?;
         self.sink(weak)?.write(
             &path,
+            (&name, size),
             offset,
             data,
             SinkJob::Write {
@@ -268,6 +287,9 @@ impl Driver {
     }
 
     fn save_progress(&mut self, id: &TransferId) {
+        if self.sink.as_ref().is_some_and(|s| !s.resumable) {
+            return;
+        }
         let t = self.session.transfers();
         if let (Some(m), Some(have)) = (t.manifest_hash(id), t.have_maps(id)) {
             files::save_progress(&m, t.config().chunk_size, have);
@@ -597,8 +619,11 @@ impl FerryClient {
     /// connectTimeoutMs?}`; `on_event` receives every event as an object.
     #[wasm_bindgen(constructor)]
     pub fn new(options: JsValue, on_event: js_sys::Function) -> Result<FerryClient, Error> {
-        let opts: Options = serde_wasm_bindgen::from_value(options.clone())
+        let mut opts: Options = serde_wasm_bindgen::from_value(options.clone())
             .map_err(|e| Error::Options(e.to_string()))?;
+        opts.sink_factory = js_sys::Reflect::get(&options, &JsValue::from_str("sinkFactory"))
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
         let room = RoomCode::new(&opts.room)?;
         ferry_protocol::validate_name(&opts.name)?;
         let ice_servers = js_sys::Reflect::get(&options, &JsValue::from_str("iceServers"))
@@ -632,6 +657,7 @@ impl FerryClient {
             outgoing_files: HashMap::new(),
             sink: None,
             sink_url: opts.sink_worker_url,
+            sink_factory: opts.sink_factory,
             hash_url: opts.hash_worker_url,
             last_save: HashMap::new(),
         }));

@@ -245,6 +245,9 @@ pub(crate) enum SinkJob {
 pub(crate) struct Sink {
     worker: Worker,
     seq: u32,
+    /// Whether a partial file survives a reload (false for a download
+    /// stream), so that saving progress makes sense.
+    pub(crate) resumable: bool,
     pub(crate) pending: Rc<RefCell<HashMap<u32, SinkJob>>>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
 }
@@ -257,17 +260,35 @@ impl Drop for Sink {
 }
 
 impl Sink {
+    /// Starts the sink: the object `factory` returns, if it is given and
+    /// returns one (anything that speaks the worker's message protocol),
+    /// otherwise the OPFS worker at `url`.
     pub(crate) fn new(
         url: &str,
+        factory: Option<&js_sys::Function>,
         on_message: Closure<dyn FnMut(MessageEvent)>,
         pending: Rc<RefCell<HashMap<u32, SinkJob>>>,
     ) -> Result<Self, Error> {
-        let worker = Worker::new(url)?;
+        let custom = match factory {
+            Some(f) => Some(f.call0(&JsValue::NULL)?).filter(|v| v.is_object()),
+            None => None,
+        };
+        let resumable = custom.as_ref().is_none_or(|c| {
+            Reflect::get(c, &"resumable".into())
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true)
+        });
+        let worker = match custom {
+            Some(c) => c.unchecked_into::<Worker>(),
+            None => Worker::new(url)?,
+        };
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         Ok(Self {
             worker,
             seq: 0,
             pending,
+            resumable,
             _on_message: on_message,
         })
     }
@@ -292,9 +313,12 @@ impl Sink {
         Ok(())
     }
 
+    /// Writes verified bytes of the file stored at `path`, which the user
+    /// knows as `name` (`size` bytes in all).
     pub(crate) fn write(
         &mut self,
         path: &str,
+        (name, size): (&str, u64),
         offset: u64,
         data: &[u8],
         job: SinkJob,
@@ -303,6 +327,8 @@ impl Sink {
         let buf = Uint8Array::from(data).buffer();
         Reflect::set(&msg, &"op".into(), &"write".into())?;
         Reflect::set(&msg, &"path".into(), &path.into())?;
+        Reflect::set(&msg, &"name".into(), &name.into())?;
+        Reflect::set(&msg, &"size".into(), &(size as f64).into())?;
         Reflect::set(&msg, &"offset".into(), &(offset as f64).into())?;
         Reflect::set(&msg, &"data".into(), &buf)?;
         self.post(&msg, Some(&buf), job)

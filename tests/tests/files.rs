@@ -343,6 +343,83 @@ async fn files_go_into_a_picked_folder_with_their_structure() -> Result<()> {
     Ok(())
 }
 
+/// Share received of the newest incoming transfer.
+async fn newest_fraction(b: &Page) -> Result<f64> {
+    let v = b
+        .eval(&format!("const li = document.querySelector(\"{INCOMING}\"); if (!li) return 0; const p = window.__ferry.events.filter(e => e.type === 'transfer' && e.event.type === 'progress' && e.event.id === li.dataset.transferId).pop(); return p ? p.event.done_bytes / p.event.total_bytes : 0"))
+        .await?;
+    Ok(v.as_f64().unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn without_opfs_files_stream_into_downloads() -> Result<()> {
+    let work = tempdir("ferry-stream")?;
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let film = work.join("src/film.mp4");
+    make_file(&film, 48 << 20, "film")?;
+    let folder = work.join("src/docs");
+    make_file(&folder.join("a/b.txt"), 5000, "b")?;
+    make_file(&folder.join("empty.txt"), 0, "e")?;
+    let iso = work.join("src/big.iso");
+    make_file(&iso, 200 << 20, "iso2")?;
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let (a, b) = pair(&browser, &server, &downloads).await?;
+    // As in a browser with no OPFS (a private window, say).
+    b.eval("localStorage.setItem('ferry.sink', 'stream'); return true")
+        .await?;
+
+    a.upload("pick-files", &film).await?;
+    accept(&b, 1).await?;
+    b.wait_for(&format!("document.querySelector(\"{INCOMING}\").dataset.state === 'completed' && document.querySelector(\"{INCOMING} [data-testid='saved-in-downloads']\") !== null"), Duration::from_secs(120))
+        .await
+        .context("the film streamed into Downloads")?;
+    let got = wait_download(&downloads, "film.mp4", 48 << 20, Duration::from_secs(60)).await?;
+    assert_eq!(hash_file(&got)?, hash_file(&film)?, "film.mp4");
+    let links = b.eval("return document.querySelectorAll(\"[data-testid='save-file']\").length").await?;
+    assert_eq!(links.as_u64(), Some(0), "nothing left to save by hand");
+    let registered = b.eval("return navigator.serviceWorker.getRegistrations().then(r => r.length)").await?;
+    assert_eq!(registered.as_u64(), Some(1), "the stream went through the service worker");
+
+    a.upload("pick-folder", &folder).await?;
+    accept(&b, 2).await?;
+    b.wait_for(&format!("document.querySelector(\"{INCOMING}\").dataset.state === 'completed' && document.querySelectorAll(\"{INCOMING}\")[0].querySelectorAll(\"[data-testid='saved-in-downloads']\").length === 2"), Duration::from_secs(60))
+        .await?;
+    for (rel, size) in [("a/b.txt", 5000u64), ("empty.txt", 0)] {
+        let name = format!("docs_{}", rel.replace('/', "_"));
+        let got = wait_download(&downloads, &name, size, Duration::from_secs(30)).await?;
+        assert_eq!(hash_file(&got)?, hash_file(&folder.join(rel))?, "{rel}");
+    }
+
+    // Cancelled half-way: the browser marks the download failed; no
+    // complete-looking big.iso ever appears.
+    a.upload("pick-files", &iso).await?;
+    accept(&b, 3).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while newest_fraction(&b).await? < 0.2 {
+        if Instant::now() > deadline {
+            bail!("the iso did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.click("cancel-transfer").await?;
+    a.wait_for(
+        "document.querySelector('li.transfer').dataset.state === 'cancelled'",
+        Duration::from_secs(10),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !downloads.join("big.iso").exists(),
+        "a cancelled stream never becomes a finished download"
+    );
+    a.close().await?;
+    b.close().await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_reloaded_receiver_resumes_where_it_stopped() -> Result<()> {
     let size: u64 = 160 << 20;
