@@ -251,7 +251,7 @@ let transfersDirty = false;
 // They are received into private storage first (OPFS, resumable, verified
 // chunk by chunk) and copied into the folder once their BLAKE3 matches, so
 // the folder never holds a partial or unverified file.
-const canPickFolder = () => typeof window.showDirectoryPicker === "function" && sinkKind === "opfs";
+const canPickFolder = () => typeof window.showDirectoryPicker === "function" && (sinkKind === null || sinkKind === "opfs");
 
 // Where received files are written, picked by what the browser can do:
 // "opfs" (a worker with sync access handles; resumable, then a download or
@@ -276,7 +276,7 @@ function probeSink() {
       if (ok || forced === "opfs") return "opfs";
     }
     return "serviceWorker" in navigator && window.isSecureContext ? "stream" : "none";
-  })().then((kind) => { sinkKind = kind; return kind; });
+  })().then((kind) => { sinkKind = kind; transfersChanged(); return kind; });
   return sinkProbe;
 }
 
@@ -343,6 +343,16 @@ function saveToFolder(x, i) {
       transfersChanged();
     },
   );
+}
+
+// Starts a download of every file, a little apart so that the browser
+// takes them all (it asks once whether the page may download many files).
+async function saveAll(files) {
+  for (const f of files) {
+    const a = Object.assign(document.createElement("a"), { href: f.url, download: f.path.split("/").join("_") });
+    a.click();
+    await new Promise((r) => setTimeout(r, 150));
+  }
 }
 
 function folderMessage(x) {
@@ -470,7 +480,7 @@ function renderTransfers() {
 }
 
 function shapeOf(x) {
-  return JSON.stringify([x.id, x.state, x.message, x.peer, !!x.folder, x.files.map((f) => [f.verified, !!f.url, f.savedAs])]);
+  return JSON.stringify([x.id, x.state, x.message, x.peer, !!x.folder, sinkKind, x.files.map((f) => [f.verified, !!f.url, f.savedAs])]);
 }
 
 function updateProgress(x) {
@@ -516,15 +526,19 @@ function renderTransfer(x) {
     if (canPickFolder()) {
       button("Accept into folder…", "accept-into-folder", "", () => pickFolder().then((folder) => {
         if (!folder || x.state !== "offered") return;
-        x.folder = folder;
-        return acceptWhenReady(x, () => `Saving into “${folder.name}” as each file is verified.`);
+        return probeSink().then((kind) => {
+          if (kind === "opfs") x.folder = folder;
+          return acceptWhenReady(x, () => (x.folder ? `Saving into “${folder.name}” as each file is verified.` : ""));
+        });
       }, (err) => showFilesError(`Cannot use that folder: ${err.message}`)));
     }
     button("Decline", "decline-transfer", "", () => act(() => { client.declineTransfer(x.id, "declined"); x.state = "declined"; x.message = "You declined."; }));
   } else if (["offered", "active", "interrupted"].includes(x.state) && x.id) {
     button("Cancel", "cancel-transfer", "btn-ghost", () => act(() => client.cancelTransfer(x.id)));
-  } else if (x.dir === "in" && x.state === "completed" && canPickFolder() && !x.folder) {
-    button("Save all to folder…", "save-to-folder", "", () => saveAllToFolder(x).catch((err) => showFilesError(`Cannot use that folder: ${err.message}`)));
+  } else if (x.dir === "in" && x.state === "completed" && !x.folder) {
+    const ready = x.files.filter((f) => f.url);
+    if (ready.length > 1) button(`Save all (${ready.length})`, "save-all", "", () => saveAll(ready));
+    if (canPickFolder()) button("Save all to folder…", "save-to-folder", "", () => saveAllToFolder(x).catch((err) => showFilesError(`Cannot use that folder: ${err.message}`)));
   }
   head.append(title, actions);
   li.append(head);

@@ -207,7 +207,9 @@ async fn a_large_file_and_a_folder_arrive_intact_with_bounded_memory() -> Result
     .await?;
     b.wait_for(&format!("document.querySelectorAll(\"{INCOMING}\")[0].querySelectorAll(\"[data-testid='save-file']\").length === 4"), Duration::from_secs(30))
         .await?;
-    let names = b.eval(&format!("const links = [...document.querySelectorAll(\"{INCOMING}\")[0].querySelectorAll(\"[data-testid='save-file']\")]; links.forEach(l => l.click()); return links.map(l => l.download)")).await?;
+    let names = b.eval(&format!("return [...document.querySelectorAll(\"{INCOMING}\")[0].querySelectorAll(\"[data-testid='save-file']\")].map(l => l.download)")).await?;
+    // One click saves them all.
+    b.click("save-all").await?;
     let names: Vec<String> = serde_json::from_value(names)?;
     for (rel, size) in [
         ("photo.jpg", 3_000_001u64),
@@ -275,7 +277,7 @@ async fn files_go_into_a_picked_folder_with_their_structure() -> Result<()> {
 
     a.upload("pick-folder", &folder).await?;
     b.wait_for(
-        &format!("document.querySelector(\"{INCOMING}[data-state='offered']\") !== null"),
+        &format!("document.querySelector(\"{INCOMING}[data-state='offered'] [data-testid='accept-into-folder']\") !== null"),
         Duration::from_secs(60),
     )
     .await?;
@@ -377,10 +379,18 @@ async fn without_opfs_files_stream_into_downloads() -> Result<()> {
         .context("the film streamed into Downloads")?;
     let got = wait_download(&downloads, "film.mp4", 48 << 20, Duration::from_secs(60)).await?;
     assert_eq!(hash_file(&got)?, hash_file(&film)?, "film.mp4");
-    let links = b.eval("return document.querySelectorAll(\"[data-testid='save-file']\").length").await?;
+    let links = b
+        .eval("return document.querySelectorAll(\"[data-testid='save-file']\").length")
+        .await?;
     assert_eq!(links.as_u64(), Some(0), "nothing left to save by hand");
-    let registered = b.eval("return navigator.serviceWorker.getRegistrations().then(r => r.length)").await?;
-    assert_eq!(registered.as_u64(), Some(1), "the stream went through the service worker");
+    let registered = b
+        .eval("return navigator.serviceWorker.getRegistrations().then(r => r.length)")
+        .await?;
+    assert_eq!(
+        registered.as_u64(),
+        Some(1),
+        "the stream went through the service worker"
+    );
 
     a.upload("pick-folder", &folder).await?;
     accept(&b, 2).await?;
