@@ -485,7 +485,8 @@ function shapeOf(x) {
 
 function updateProgress(x) {
   const v = x.view;
-  v.fill.style.width = `${x.total ? Math.min(100, (100 * x.done) / x.total) : x.state === "completed" ? 100 : 0}%`;
+  const share = x.total ? Math.min(1, x.done / x.total) : x.state === "completed" ? 1 : 0;
+  v.fill.style.transform = `scaleX(${share})`;
   v.stats.textContent = x.state === "active"
     ? `${formatBytes(x.done)} of ${formatBytes(x.total)} · ${formatBytes(x.rate)}/s · ${formatEta(x.eta)}`
     : `${formatBytes(x.done)} of ${formatBytes(x.total)}`;

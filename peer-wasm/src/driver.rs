@@ -56,6 +56,12 @@ struct Options {
     /// Chunks a receiver keeps requested at once (a tuning knob).
     #[serde(default)]
     window: Option<usize>,
+    /// Most consecutive chunks a sender reads per `Blob` slice (a tuning knob).
+    #[serde(default)]
+    read_coalesce: Option<u64>,
+    /// Least free window slots before a receiver asks for more (a tuning knob).
+    #[serde(default)]
+    request_batch: Option<usize>,
 }
 
 fn default_hash_url() -> String {
@@ -640,6 +646,12 @@ impl FerryClient {
         }
         if let Some(w) = opts.window {
             config.transfer.window = w.clamp(1, 1024);
+        }
+        if let Some(n) = opts.read_coalesce {
+            config.transfer.read_coalesce = n.clamp(1, 256);
+        }
+        if let Some(n) = opts.request_batch {
+            config.transfer.request_batch = n.clamp(1, 1024);
         }
         let epoch = performance_now();
         let shared = Rc::new(RefCell::new(Driver {

@@ -30,6 +30,12 @@ pub struct TransferConfig {
     pub max_bad_chunks: u32,
     /// Least time between two progress events of one transfer.
     pub progress_interval: Millis,
+    /// Most consecutive requested chunks a sender reads from a file in one
+    /// go (one `ReadChunk`).
+    pub read_coalesce: u64,
+    /// Least free window slots before a receiver sends more requests
+    /// (while others are in flight).
+    pub request_batch: usize,
 }
 
 impl Default for TransferConfig {
@@ -43,6 +49,8 @@ impl Default for TransferConfig {
             max_stalls: 3,
             max_bad_chunks: 16,
             progress_interval: 250,
+            read_coalesce: 16,
+            request_batch: 16,
         }
     }
 }
@@ -444,9 +452,6 @@ pub struct TransferEngine {
     incoming: HashMap<TransferId, Incoming>,
     out: VecDeque<TransferOutput>,
 }
-
-/// Most chunks read from a file in one go.
-const READ_COALESCE: u64 = 16;
 
 fn valid_chunk_size(cs: u32, max_message: usize) -> bool {
     cs.is_power_of_two() && cs >= MIN_CHUNK && cs as usize + CHUNK_HEADER_LEN <= max_message
@@ -1061,7 +1066,7 @@ impl TransferEngine {
             // costs a round trip through the browser, whatever its size.
             let size = t.files[file as usize].size;
             let mut count = 1u64;
-            while count < READ_COALESCE
+            while count < self.config.read_coalesce
                 && t.reading.len() < window
                 && t.queued.front() == Some(&(file, chunk + count))
             {
@@ -1336,7 +1341,13 @@ impl TransferEngine {
             RecvState::Active => {
                 let mut batch = Vec::new();
                 let mut empty_files = Vec::new();
-                while t.outstanding.len() + t.writing.len() + batch.len() < window {
+                // Ask in runs of `request_batch` chunks while others are in
+                // flight: consecutive requests let the sender read them in
+                // one go, and each read costs a trip through the browser.
+                let in_flight = t.outstanding.len() + t.writing.len();
+                let batch_min = self.config.request_batch.clamp(1, window);
+                let defer = in_flight > 0 && window.saturating_sub(in_flight) < batch_min;
+                while !defer && t.outstanding.len() + t.writing.len() + batch.len() < window {
                     let next = if let Some(c) = t.retry.pop_front() {
                         Some(c)
                     } else {

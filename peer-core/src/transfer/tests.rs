@@ -43,6 +43,8 @@ fn config(chunk_size: u32) -> TransferConfig {
         max_stalls: 3,
         max_bad_chunks: 10_000,
         progress_interval: 100,
+        read_coalesce: 4,
+        request_batch: 2,
     }
 }
 
@@ -67,6 +69,7 @@ struct Net {
     auto_accept: bool,
     resume: Option<Vec<HaveMap>>,
     chunk_bytes_sent: u64,
+    reads: u64,
     s_events: Vec<TransferEvent>,
     r_events: Vec<TransferEvent>,
 }
@@ -91,6 +94,7 @@ impl Net {
             auto_accept: true,
             resume: None,
             chunk_bytes_sent: 0,
+            reads: 0,
             s_events: Vec::new(),
             r_events: Vec::new(),
         };
@@ -137,6 +141,7 @@ impl Net {
                         offset,
                         len,
                     } => {
+                        self.reads += 1;
                         let b = &self.src[file as usize];
                         let data = b[offset as usize..offset as usize + len as usize].to_vec();
                         self.s.chunk_read(&id, file, chunk, data, self.now);
@@ -309,6 +314,32 @@ fn mixed_files_arrive_verified() {
         net.chunk_bytes_sent,
         net.src.iter().map(|f| f.len() as u64).sum::<u64>()
     );
+}
+
+#[test]
+fn batched_requests_let_the_sender_read_runs_of_chunks() {
+    let data = content(256 * 4096, 11);
+    // One chunk per read without batching; runs of four with it.
+    for (batch, coalesce, most_reads) in [(1, 1, 256), (4, 4, 256 / 4 + 2)] {
+        let mut net = Net::new(vec![("a", data.clone())], 4096, 5);
+        for e in [&mut net.s, &mut net.r] {
+            *e = TransferEngine::new(TransferConfig {
+                request_batch: batch,
+                read_coalesce: coalesce,
+                ..config(4096)
+            });
+        }
+        let sources = vec![source("a", &data, 4096)];
+        net.s.offer(net.rp.clone(), ID, sources, 0).unwrap();
+        net.run_until(Net::completed, 60_000);
+        net.assert_received_exactly();
+        assert!(
+            net.reads <= most_reads,
+            "batch {batch}: {} reads for 256 chunks",
+            net.reads
+        );
+        assert_eq!(net.chunk_bytes_sent, data.len() as u64);
+    }
 }
 
 #[test]
