@@ -384,6 +384,7 @@ pub struct Session {
     reconnect_attempt: u32,
     reconnect_at: Option<Millis>,
     my_id: Option<PeerId>,
+    ice_servers: Vec<ferry_protocol::IceServer>,
     members: BTreeMap<PeerId, Member>,
     outputs: VecDeque<Output>,
     transfers: TransferEngine,
@@ -398,6 +399,7 @@ impl Session {
             reconnect_attempt: 0,
             reconnect_at: None,
             my_id: None,
+            ice_servers: Vec::new(),
             members: BTreeMap::new(),
             outputs: VecDeque::new(),
             transfers: TransferEngine::new(config.transfer.clone()),
@@ -405,6 +407,12 @@ impl Session {
         };
         s.connect_server(now);
         s
+    }
+
+    /// The STUN and TURN servers the signaling server handed out on join
+    /// (TURN with short-lived credentials); empty if it has none.
+    pub fn ice_servers(&self) -> &[ferry_protocol::IceServer] {
+        &self.ice_servers
     }
 
     /// Our peer id, once joined.
@@ -613,8 +621,10 @@ impl Session {
                 peer_id,
                 peers,
                 room,
+                ice_servers,
                 ..
             } => {
+                self.ice_servers = ice_servers;
                 self.server = ServerState::Joined;
                 self.reconnect_attempt = 0;
                 self.my_id = Some(peer_id.clone());
@@ -648,7 +658,10 @@ impl Session {
             }
             ServerMessage::Signal { from, signal } => self.signal_from(from, signal, now),
             ServerMessage::Error { code, message } => {
-                if code.is_fatal() {
+                // `going_away` (the server is shutting down) and `idle` (a
+                // socket opened early sat unused too long): the server closes
+                // the socket next, and that close starts the usual reconnect.
+                if code.is_fatal() && !matches!(code, ErrorCode::GoingAway | ErrorCode::Idle) {
                     self.server = ServerState::Closed;
                     self.outputs.push_back(Output::CloseServer);
                     self.outputs.push_back(Output::Event(Event::Server {

@@ -294,6 +294,7 @@ impl Net {
                     peer_id: id,
                     peers,
                     heartbeat_ms: 5000,
+                    ice_servers: Vec::new(),
                 }
                 .encode();
                 self.schedule(lat, Delivery::FromServer { to: from, text });
@@ -834,6 +835,29 @@ fn fatal_server_error_stops_reconnecting() {
     s.server_text(r#"{"type":"error","code":"room_full","message":"full"}"#, 2);
     assert_eq!(s.server_state(), ServerState::Closed);
     assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_server_going_away_is_reconnected_to() {
+    let mut s = Session::new(Config::new(RoomCode::new("r").unwrap(), ""), 0);
+    s.server_opened(1);
+    s.server_text(
+        r#"{"type":"joined","version":1,"room":"r","peer_id":"b","peers":[],"heartbeat_ms":1000}"#,
+        2,
+    );
+    s.server_text(
+        r#"{"type":"error","code":"going_away","message":"shutting down"}"#,
+        3,
+    );
+    assert_eq!(s.server_state(), ServerState::Joined, "not given up");
+    s.server_closed(4);
+    while s.poll_output().is_some() {}
+    let retry = s.poll_timeout().expect("a reconnect is scheduled");
+    s.handle_timeout(retry);
+    assert!(
+        std::iter::from_fn(|| s.poll_output()).any(|o| matches!(o, Output::ConnectServer)),
+        "it connects again"
+    );
 }
 
 #[test]

@@ -49,6 +49,10 @@ struct Options {
     /// is missing); it may return `null` to keep the worker.
     #[serde(skip)]
     sink_factory: Option<js_sys::Function>,
+    /// `"relay"` to connect only through TURN (hides this device's
+    /// addresses from peers); `"all"` (the default) to use any route.
+    #[serde(default)]
+    ice_transport_policy: Option<String>,
     /// Chunk size this side offers as a sender, in bytes (a power of two;
     /// a tuning knob, see `docs/benchmarks.md`).
     #[serde(default)]
@@ -98,6 +102,7 @@ pub(crate) struct Driver {
     pub(crate) peers: HashMap<PeerId, PeerConn>,
     peer_generation: u32,
     ice_servers: JsValue,
+    relay_only: bool,
     on_event: js_sys::Function,
     timer: Option<i32>,
     timer_cb: Option<Closure<dyn FnMut()>>,
@@ -143,7 +148,7 @@ impl Driver {
                         weak.clone(),
                         peer.clone(),
                         self.peer_generation,
-                        &self.ice_servers,
+                        &self.rtc_config(),
                         open_channel,
                     ) {
                         Ok(conn) => {
@@ -200,6 +205,29 @@ impl Driver {
             Output::Event(_) => {}
             _ => {}
         }
+    }
+
+    /// The configuration for a new peer connection: the STUN and TURN
+    /// servers the signaling server handed out, then the page's own.
+    fn rtc_config(&self) -> web_sys::RtcConfiguration {
+        let servers = js_sys::Array::new();
+        let ser = serde_wasm_bindgen::Serializer::json_compatible();
+        for s in self.session.ice_servers() {
+            if let Ok(v) = s.serialize(&ser) {
+                servers.push(&v);
+            }
+        }
+        if let Some(page) = self.ice_servers.dyn_ref::<js_sys::Array>() {
+            for v in page.iter() {
+                servers.push(&v);
+            }
+        }
+        let config = web_sys::RtcConfiguration::new();
+        config.set_ice_servers(&servers);
+        if self.relay_only {
+            config.set_ice_transport_policy(web_sys::RtcIceTransportPolicy::Relay);
+        }
+        config
     }
 
     fn sink(&mut self, weak: &WeakShared) -> Result<&mut Sink, Error> {
@@ -663,6 +691,7 @@ impl FerryClient {
             peers: HashMap::new(),
             peer_generation: 0,
             ice_servers,
+            relay_only: opts.ice_transport_policy.as_deref() == Some("relay"),
             on_event,
             timer: None,
             timer_cb: None,

@@ -140,12 +140,10 @@ impl PeerConn {
         weak: WeakShared,
         peer: PeerId,
         generation: u32,
-        ice_servers: &JsValue,
+        config: &RtcConfiguration,
         open_channel: bool,
     ) -> Result<Self, Error> {
-        let config = RtcConfiguration::new();
-        config.set_ice_servers(ice_servers);
-        let pc = RtcPeerConnection::new_with_configuration(&config)?;
+        let pc = RtcPeerConnection::new_with_configuration(config)?;
         let channel: Rc<RefCell<Option<Channel>>> = Rc::new(RefCell::new(None));
 
         let (w, p) = (weak.clone(), peer.clone());

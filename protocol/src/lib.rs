@@ -199,6 +199,22 @@ pub struct PeerInfo {
     pub name: String,
 }
 
+/// A STUN or TURN server for `RTCPeerConnection`, as the server hands it out
+/// on join (the same shape as WebRTC's `RTCIceServer`). TURN entries carry
+/// short-lived credentials (the TURN REST API scheme), never a long-term
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name: `<expiry unix seconds>:<peer id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password: base64 of HMAC-SHA1(shared secret, user name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// WebRTC negotiation data relayed between two peers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -288,9 +304,40 @@ pub enum ErrorCode {
     PeerBusy,
     /// The server is shutting down or failed internally.
     ServerError,
+    /// Too many messages per second on this connection; this one was
+    /// dropped. Not fatal: slow down.
+    RateLimited,
+    /// The server holds as many rooms as it may; try again later.
+    TooManyRooms,
+    /// The connection did not join a room in time, or stayed silent too long.
+    Idle,
+    /// The server is shutting down: reconnect (to another instance, or to
+    /// this one once it is back).
+    GoingAway,
 }
 
 impl ErrorCode {
+    /// The code as it appears on the wire (`"room_full"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FrameTooLarge => "frame_too_large",
+            Self::RoomFull => "room_full",
+            Self::UnknownPeer => "unknown_peer",
+            Self::Malformed => "malformed",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::NotJoined => "not_joined",
+            Self::AlreadyJoined => "already_joined",
+            Self::InvalidRoom => "invalid_room",
+            Self::InvalidName => "invalid_name",
+            Self::PeerBusy => "peer_busy",
+            Self::ServerError => "server_error",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyRooms => "too_many_rooms",
+            Self::Idle => "idle",
+            Self::GoingAway => "going_away",
+        }
+    }
+
     /// Whether the server closes the connection after sending this error.
     pub fn is_fatal(self) -> bool {
         matches!(
@@ -300,6 +347,9 @@ impl ErrorCode {
                 | Self::InvalidRoom
                 | Self::InvalidName
                 | Self::ServerError
+                | Self::TooManyRooms
+                | Self::Idle
+                | Self::GoingAway
         )
     }
 }
@@ -322,6 +372,10 @@ pub enum ServerMessage {
         /// How often the server pings, in milliseconds. A connection that
         /// stays silent for three intervals is dropped.
         heartbeat_ms: u32,
+        /// STUN and TURN servers to use for this room's connections; empty
+        /// when the server has none configured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// A new member joined the room.
     PeerJoined {
@@ -515,10 +569,38 @@ mod tests {
                 name: "Ada".into(),
             }],
             heartbeat_ms: 5000,
+            ice_servers: Vec::new(),
         };
         assert_eq!(
             joined.encode(),
             r#"{"type":"joined","version":1,"room":"abc","peer_id":"p2","peers":[{"id":"p1","name":"Ada"}],"heartbeat_ms":5000}"#
+        );
+        let with_turn = ServerMessage::Joined {
+            version: 1,
+            room: RoomCode::new("abc").unwrap(),
+            peer_id: id("p2"),
+            peers: Vec::new(),
+            heartbeat_ms: 5000,
+            ice_servers: vec![
+                IceServer {
+                    urls: vec!["stun:127.0.0.1:3478".into()],
+                    username: None,
+                    credential: None,
+                },
+                IceServer {
+                    urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                    username: Some("1700000000:p2".into()),
+                    credential: Some("c2VjcmV0".into()),
+                },
+            ],
+        };
+        assert_eq!(
+            with_turn.encode(),
+            r#"{"type":"joined","version":1,"room":"abc","peer_id":"p2","peers":[],"heartbeat_ms":5000,"ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3478?transport=udp"],"username":"1700000000:p2","credential":"c2VjcmV0"}]}"#
+        );
+        assert_eq!(
+            ServerMessage::decode(&with_turn.encode()).unwrap(),
+            with_turn
         );
         let pj = ServerMessage::PeerJoined {
             peer: PeerInfo {

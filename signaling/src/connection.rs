@@ -11,6 +11,7 @@ use ferry_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::limits::Bucket;
 use crate::rooms::Outbound;
 use crate::{AppState, Error};
 
@@ -32,22 +33,45 @@ enum Flow {
 }
 
 pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
+    state.metrics.connections.inc();
     let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let mut membership: Option<Membership> = None;
     let heartbeat = state.config.heartbeat;
+    let limits = &state.config.limits;
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let dead_after = heartbeat * HEARTBEAT_MISSES;
+    let join_deadline = tokio::time::sleep(limits.join_timeout);
+    tokio::pin!(join_deadline);
+    let mut bucket = Bucket::new(limits.messages_per_sec, limits.message_burst);
+    let mut limited = false;
+    let mut shutdown = state.shutdown.clone();
 
     loop {
         let flow = tokio::select! {
             incoming = socket.recv() => match incoming {
                 Some(Ok(msg)) => {
                     last_seen = Instant::now();
-                    match handle_message(msg, &state, &tx, &mut membership) {
-                        Some(replies) => send_all(&mut socket, replies).await,
-                        None => Flow::Close,
+                    let counted = matches!(msg, Message::Text(_) | Message::Binary(_));
+                    if counted && !bucket.take(last_seen) {
+                        // Dropped; say so once per burst, not once per frame.
+                        state.metrics.reject(ErrorCode::RateLimited.as_str());
+                        if limited {
+                            Flow::Continue
+                        } else {
+                            limited = true;
+                            send_all(&mut socket, &state, vec![ServerMessage::error(
+                                ErrorCode::RateLimited,
+                                format!("more than {} messages per second; this one was dropped", limits.messages_per_sec),
+                            )]).await
+                        }
+                    } else {
+                        limited = false;
+                        match handle_message(msg, &state, &tx, &mut membership) {
+                            Some(replies) => send_all(&mut socket, &state, replies).await,
+                            None => Flow::Close,
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -56,12 +80,27 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                 }
                 None => Flow::Close,
             },
-            Some(Outbound::Frame(frame)) = rx.recv() => send_all(&mut socket, vec![frame]).await,
+            Some(Outbound::Frame(frame)) = rx.recv() => send_all(&mut socket, &state, vec![frame]).await,
+            () = &mut join_deadline, if membership.is_none() => {
+                tracing::info!("no join in time; dropping connection");
+                send_all(&mut socket, &state, vec![ServerMessage::error(
+                    ErrorCode::Idle,
+                    format!("send join within {} s of connecting", limits.join_timeout.as_secs()),
+                )]).await;
+                Flow::Close
+            }
+            Ok(()) = shutdown.changed() => {
+                send_all(&mut socket, &state, vec![ServerMessage::error(
+                    ErrorCode::GoingAway,
+                    "this server is shutting down; reconnect",
+                )]).await;
+                Flow::Close
+            }
             _ = ticker.tick() => {
                 if last_seen.elapsed() >= dead_after {
                     tracing::info!(peer = ?membership.as_ref().map(|m| m.id.to_string()), "heartbeat lapsed; dropping connection");
                     Flow::Close
-                } else if socket.send(Message::Ping(Default::default())).await.is_err() {
+                } else if !send_timed(&mut socket, &state, Message::Ping(Default::default())).await {
                     Flow::Close
                 } else {
                     Flow::Continue
@@ -76,29 +115,45 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
         state.rooms.leave(&m.room, &m.id);
         tracing::info!(room = %m.room, peer = %m.id, "peer left");
     }
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
+    state.metrics.connections.dec();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        socket.send(Message::Close(Some(CloseFrame {
             code: 1000,
             reason: Utf8Bytes::from_static("bye"),
-        })))
-        .await;
+        }))),
+    )
+    .await;
     // Give the close frame a moment to flush without holding the task forever.
     let _ = tokio::time::timeout(Duration::from_millis(200), socket.recv()).await;
 }
 
-async fn send_all(socket: &mut WebSocket, frames: Vec<ServerMessage>) -> Flow {
+/// Sends one frame; false if the socket failed or the client did not take
+/// it within the write timeout (too slow to serve).
+async fn send_timed(socket: &mut WebSocket, state: &AppState, msg: Message) -> bool {
+    match tokio::time::timeout(state.config.limits.write_timeout, socket.send(msg)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            state.metrics.reject("slow_client");
+            tracing::info!("client too slow to take its frames; dropping connection");
+            false
+        }
+    }
+}
+
+async fn send_all(socket: &mut WebSocket, state: &AppState, frames: Vec<ServerMessage>) -> Flow {
     let mut flow = Flow::Continue;
     for frame in frames {
-        if let ServerMessage::Error { code, .. } = &frame
-            && code.is_fatal()
-        {
-            flow = Flow::Close;
+        if let ServerMessage::Error { code, .. } = &frame {
+            if *code != ErrorCode::RateLimited {
+                state.metrics.reject(code.as_str());
+            }
+            if code.is_fatal() {
+                flow = Flow::Close;
+            }
         }
-        if socket
-            .send(Message::Text(frame.encode().into()))
-            .await
-            .is_err()
-        {
+        if !send_timed(socket, state, Message::Text(frame.encode().into())).await {
             return Flow::Close;
         }
     }
@@ -111,7 +166,8 @@ fn error_frame(err: &Error) -> ServerMessage {
         Error::RoomFull(_) => ErrorCode::RoomFull,
         Error::UnknownPeer(_) => ErrorCode::UnknownPeer,
         Error::RecipientBusy(_) => ErrorCode::PeerBusy,
-        Error::Io(_) => ErrorCode::ServerError,
+        Error::TooManyRooms(_) => ErrorCode::TooManyRooms,
+        Error::Io(_) | Error::Config(_) => ErrorCode::ServerError,
     };
     ServerMessage::error(code, err.to_string())
 }
@@ -184,6 +240,7 @@ fn handle_frame(
             match state.rooms.join(&room, name, rejoin_as, tx.clone()) {
                 Ok((peer_id, peers)) => {
                     tracing::info!(room = %room, peer = %peer_id, others = peers.len(), "peer joined");
+                    let ice_servers = state.config.ice.servers_for(&peer_id);
                     *membership = Some(Membership {
                         room: room.clone(),
                         id: peer_id.clone(),
@@ -195,6 +252,7 @@ fn handle_frame(
                         peers,
                         heartbeat_ms: u32::try_from(state.config.heartbeat.as_millis())
                             .unwrap_or(u32::MAX),
+                        ice_servers,
                     }]
                 }
                 Err(e) => vec![error_frame(&e)],
@@ -215,7 +273,10 @@ fn handle_frame(
                 signal,
             };
             match state.rooms.relay(&m.room, &to, frame) {
-                Ok(()) => Vec::new(),
+                Ok(()) => {
+                    state.metrics.relayed.inc();
+                    Vec::new()
+                }
                 Err(e) => vec![error_frame(&e)],
             }
         }

@@ -25,22 +25,32 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+pub mod ice;
+pub mod limits;
+mod metrics;
 mod rooms;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{HeaderValue, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ferry_protocol::{PeerId, ProtocolError};
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use crate::ice::IceConfig;
+use crate::limits::ConnectionRate;
+pub use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::rooms::RoomRegistry;
 
 /// Everything that can go wrong in the server, from a peer's frame to the
@@ -60,6 +70,12 @@ pub enum Error {
     /// The recipient's outbound queue is full; it is not keeping up.
     #[error("peer {0} is not keeping up; try again")]
     RecipientBusy(PeerId),
+    /// The server already holds its maximum number of rooms.
+    #[error("this server holds {0} rooms, its maximum; try again later")]
+    TooManyRooms(usize),
+    /// A configuration file or value is not valid.
+    #[error("bad configuration: {0}")]
+    Config(String),
     /// Binding or serving the listener failed.
     #[error("server I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -80,6 +96,10 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Largest text frame accepted, in bytes; larger ones get `frame_too_large`.
     pub max_frame_bytes: usize,
+    /// STUN and TURN servers handed to peers on join.
+    pub ice: IceConfig,
+    /// Abuse limits.
+    pub limits: Limits,
 }
 
 /// The source tree's `www/` folder, used when no web root is configured.
@@ -93,6 +113,11 @@ impl Default for Config {
             max_room_size: 8,
             heartbeat: Duration::from_secs(5),
             max_frame_bytes: ferry_protocol::MAX_FRAME_BYTES,
+            ice: IceConfig {
+                turn_ttl: Duration::from_secs(6 * 3600),
+                ..IceConfig::default()
+            },
+            limits: Limits::default(),
         }
     }
 }
@@ -101,18 +126,51 @@ impl Default for Config {
 pub(crate) struct AppState {
     config: Config,
     rooms: RoomRegistry,
+    metrics: Metrics,
+    connection_rate: ConnectionRate,
+    /// Flips to true when the server begins shutting down.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Builds the service: `/ws` for signaling, `/healthz`, and the web app.
+/// Starts a graceful shutdown of every [`app`] built with its receiver:
+/// each connection is told `going_away` and closed.
+#[derive(Debug)]
+pub struct Shutdown(tokio::sync::watch::Sender<bool>);
+
+impl Shutdown {
+    /// A trigger and the receiver to build an app with.
+    pub fn new() -> (Self, tokio::sync::watch::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (Self(tx), rx)
+    }
+
+    /// Tells every connection to reconnect elsewhere.
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Builds the service: `/ws` for signaling, `/healthz`, `/metrics`, and the
+/// web app. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`
+/// for per-address limits (without it they are skipped).
 pub fn app(config: Config) -> Router {
+    app_with_shutdown(config, Shutdown::new().1)
+}
+
+/// [`app`], with connections that end when `shutdown` flips to true.
+pub fn app_with_shutdown(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Router {
     let serve_dir = ServeDir::new(&config.web_root).append_index_html_on_directories(true);
     let state = Arc::new(AppState {
-        rooms: RoomRegistry::new(config.max_room_size),
+        rooms: RoomRegistry::new(config.max_room_size, config.limits.max_rooms),
+        metrics: Metrics::new(),
+        connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_min),
+        shutdown,
         config,
     });
     Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback_service(serve_dir)
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
@@ -121,7 +179,9 @@ pub fn app(config: Config) -> Router {
         .with_state(state)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes.
+/// Serves [`app`] on `listener` until `shutdown` completes; then every
+/// connection is told `going_away` and closed, and this returns once they
+/// are gone.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: Config,
@@ -134,10 +194,30 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(config))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let (trigger, rx) = Shutdown::new();
+    let app = app_with_shutdown(config, rx);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        trigger.trigger();
+    })
+    .await?;
     Ok(())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state
+            .metrics
+            .render(state.rooms.room_count(), state.rooms.member_count()),
+    )
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -153,7 +233,45 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 /// beyond it the WebSocket layer rejects the frame and the connection closes.
 const HARD_MESSAGE_CAP: usize = 1024 * 1024;
 
-async fn ws_handler(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn ws_handler(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    State(state): State<Arc<AppState>>,
+) -> Response {
+    let allowed = &state.config.limits.allowed_origins;
+    if !allowed.is_empty() {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        if !allowed.iter().any(|a| a == origin) {
+            state.metrics.reject("origin");
+            tracing::info!(
+                origin,
+                "refused a WebSocket from an origin not on the allowlist"
+            );
+            return (
+                StatusCode::FORBIDDEN,
+                "this page's origin may not use this signaling server\n",
+            )
+                .into_response();
+        }
+    }
+    if let Some(Extension(ConnectInfo(addr))) = peer
+        && !state
+            .connection_rate
+            .admit(addr.ip(), tokio::time::Instant::now())
+    {
+        state.metrics.reject("ip_rate");
+        tracing::info!(ip = %addr.ip(), "too many new connections from one address");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "60")],
+            "too many new connections from this address; wait a minute\n",
+        )
+            .into_response();
+    }
     ws.max_message_size(HARD_MESSAGE_CAP)
         .max_frame_size(HARD_MESSAGE_CAP)
         .read_buffer_size(4 * 1024)

@@ -30,16 +30,18 @@ struct Member {
 pub(crate) struct RoomRegistry {
     rooms: Mutex<HashMap<RoomCode, Vec<Member>>>,
     max_room_size: usize,
+    max_rooms: usize,
 }
 
 /// Length of generated peer ids: 12 alphanumerics, about 71 bits.
 const PEER_ID_LEN: usize = 12;
 
 impl RoomRegistry {
-    pub(crate) fn new(max_room_size: usize) -> Self {
+    pub(crate) fn new(max_room_size: usize, max_rooms: usize) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
             max_room_size,
+            max_rooms,
         }
     }
 
@@ -59,6 +61,9 @@ impl RoomRegistry {
         tx: MemberTx,
     ) -> Result<(PeerId, Vec<PeerInfo>), Error> {
         let mut rooms = self.lock();
+        if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
+            return Err(Error::TooManyRooms(self.max_rooms));
+        }
         let members = rooms.entry(room.clone()).or_default();
         if members.len() >= self.max_room_size {
             let limit = self.max_room_size;
@@ -158,7 +163,7 @@ mod tests {
 
     #[test]
     fn rooms_are_created_and_dropped() {
-        let reg = RoomRegistry::new(2);
+        let reg = RoomRegistry::new(2, 100);
         let (tx1, mut rx1) = mpsc::channel(8);
         let (tx2, _rx2) = mpsc::channel(8);
         let (a, peers) = reg.join(&room("r"), "a".into(), None, tx1).unwrap();
@@ -186,7 +191,7 @@ mod tests {
 
     #[test]
     fn rejoin_keeps_a_free_id_only() {
-        let reg = RoomRegistry::new(8);
+        let reg = RoomRegistry::new(8, 100);
         let want = PeerId::new("keepme").unwrap();
         let (tx, _rx) = mpsc::channel(8);
         let (id, _) = reg
@@ -202,7 +207,7 @@ mod tests {
 
     #[test]
     fn relay_only_within_room() {
-        let reg = RoomRegistry::new(8);
+        let reg = RoomRegistry::new(8, 100);
         let (tx1, _rx1) = mpsc::channel(8);
         let (tx2, mut rx2) = mpsc::channel(8);
         let (_a, _) = reg.join(&room("r1"), String::new(), None, tx1).unwrap();
@@ -214,5 +219,25 @@ mod tests {
         ));
         reg.relay(&room("r2"), &b, frame).unwrap();
         assert!(rx2.try_recv().is_ok());
+    }
+
+    #[test]
+    fn the_room_count_is_capped() {
+        let reg = RoomRegistry::new(8, 2);
+        let (tx, _rx) = mpsc::channel(8);
+        for r in ["room-a", "room-b"] {
+            reg.join(&RoomCode::new(r).unwrap(), String::new(), None, tx.clone())
+                .unwrap();
+        }
+        let third = reg.join(
+            &RoomCode::new("room-c").unwrap(),
+            String::new(),
+            None,
+            tx.clone(),
+        );
+        assert!(matches!(third, Err(Error::TooManyRooms(2))));
+        // Joining an existing room still works.
+        reg.join(&RoomCode::new("room-a").unwrap(), String::new(), None, tx)
+            .unwrap();
     }
 }

@@ -76,10 +76,19 @@ impl Server {
 
     /// Starts the server on `port` and waits until `/healthz` answers.
     pub async fn start_on(port: u16, heartbeat_ms: u64) -> Result<Self> {
+        Self::start_with(port, heartbeat_ms, &[]).await
+    }
+
+    /// Starts the server on `port` with extra flags. Tests and benchmarks
+    /// open many connections from one address, so the per-address limit is
+    /// off unless `extra` sets it.
+    pub async fn start_with(port: u16, heartbeat_ms: u64, extra: &[String]) -> Result<Self> {
         let bin = signaling_bin();
         let child = Command::new(&bin)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
+            .args(["--connections-per-ip-per-min", "0"])
+            .args(extra)
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)

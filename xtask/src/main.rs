@@ -134,11 +134,17 @@ fn ensure_wasm_toolchain() -> Result<()> {
     Ok(())
 }
 
-fn ensure_browser() -> Result<()> {
-    if on_path("chromium") && on_path("chromedriver") {
+/// Installs Debian packages for the programs that are missing.
+fn ensure_debian(needs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("installing Debian chromium and chromium-driver");
+    eprintln!("installing Debian packages: {}", missing.join(" "));
     let sudo = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() != "0");
     let apt = |args: &[&str]| {
         let mut c = if sudo {
@@ -152,8 +158,23 @@ fn ensure_browser() -> Result<()> {
         c
     };
     run(&mut apt(&["update"]))?;
-    run(&mut apt(&["install", "-y", "chromium", "chromium-driver"]))?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(missing);
+    run(&mut apt(&install))?;
     Ok(())
+}
+
+fn ensure_browser() -> Result<()> {
+    ensure_debian(&[
+        ("chromium", "chromium"),
+        ("chromedriver", "chromium-driver"),
+    ])
+}
+
+/// What the end-to-end tests start besides the browser: coturn for TURN.
+fn ensure_test_services() -> Result<()> {
+    ensure_browser()?;
+    ensure_debian(&[("turnserver", "coturn")])
 }
 
 fn build_wasm() -> Result<()> {
@@ -205,7 +226,9 @@ fn test(only: &[String]) -> Result<()> {
     let want = |stage: &str| only.is_empty() || only.iter().any(|s| s == stage);
     let started = Instant::now();
     ensure_wasm_toolchain()?;
-    if want("wasm") || want("e2e") {
+    if want("e2e") {
+        ensure_test_services()?;
+    } else if want("wasm") {
         ensure_browser()?;
     }
     if want("fmt") {
@@ -346,7 +369,7 @@ fn main() -> Result<()> {
         Task::Test { only } => test(&only),
         Task::Setup => {
             ensure_wasm_toolchain()?;
-            ensure_browser()
+            ensure_test_services()
         }
         Task::Bench { name, args } => bench(&name, &args),
     }
