@@ -198,7 +198,7 @@ function applyEvent(e) {
       break;
     case "joined":
       selfId = e.peer_id;
-      sessionStorage.setItem("ferry.identity", JSON.stringify({ room: e.room, peerId: e.peer_id }));
+      sessionStorage.setItem("ferry.identity", JSON.stringify({ room: e.room, peerId: e.peer_id, resumeToken: client?.resumeToken }));
       ferry.joinedAt = performance.now();
       $("self-id").textContent = `you are ${e.peer_id}`;
       renderPeers();
@@ -732,12 +732,13 @@ function enterRoom(code) {
     // After a reload, ask for the same peer id so that transfers resume.
     const previous = JSON.parse(sessionStorage.getItem("ferry.identity") || "null");
     const rejoinAs = previous && previous.room === code ? previous.peerId : undefined;
+    const resumeToken = rejoinAs ? previous.resumeToken : undefined;
     // Developers can tune the transfer engine (chunkSize, window) from the
     // console: localStorage.setItem("ferry.tuning", '{"window":128}').
     let tuning = {};
     try { tuning = JSON.parse(localStorage.getItem("ferry.tuning") || "{}") || {}; } catch { /* ignore */ }
     const sinkFactory = () => (sinkKind === "stream" ? new StreamSink("sw.js") : null);
-    client = new FerryClient({ ...tuning, serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs, sinkFactory }, onEvent);
+    client = new FerryClient({ ...tuning, serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs, resumeToken, sinkFactory }, onEvent);
     ferry.client = client;
     // The QR code and the URL can wait until the handshake is done.
     afterHandshake(() => {
@@ -863,7 +864,9 @@ async function main() {
     if (code && (!client || client.room !== code)) joinFromHash();
   });
   // Tell the room right away instead of waiting for the heartbeat.
-  window.addEventListener("pagehide", () => client?.leave());
+  // Not `leave`: the server keeps this tab's seat for a grace period, so a
+  // reload comes back as the same peer and nobody sees it leave.
+  window.addEventListener("pagehide", () => client?.suspend());
   if (!joinFromHash()) warmUp();
 }
 

@@ -117,6 +117,9 @@ pub struct Config {
     /// The peer id to ask for on the first join, for example the one this
     /// tab had before a reload, so that peers recognise it and resume.
     pub rejoin_as: Option<PeerId>,
+    /// The resume token that went with `rejoin_as`, to take the seat back
+    /// silently within the server's grace period.
+    pub resume_token: Option<String>,
     /// File transfer tuning.
     pub transfer: TransferConfig,
 }
@@ -134,6 +137,7 @@ impl Config {
             reconnect_base: 250,
             reconnect_max: 5_000,
             rejoin_as: None,
+            resume_token: None,
             transfer: TransferConfig::default(),
         }
     }
@@ -385,6 +389,7 @@ pub struct Session {
     reconnect_at: Option<Millis>,
     my_id: Option<PeerId>,
     ice_servers: Vec<ferry_protocol::IceServer>,
+    resume_token: Option<String>,
     members: BTreeMap<PeerId, Member>,
     outputs: VecDeque<Output>,
     transfers: TransferEngine,
@@ -400,6 +405,7 @@ impl Session {
             reconnect_at: None,
             my_id: None,
             ice_servers: Vec::new(),
+            resume_token: None,
             members: BTreeMap::new(),
             outputs: VecDeque::new(),
             transfers: TransferEngine::new(config.transfer.clone()),
@@ -413,6 +419,13 @@ impl Session {
     /// (TURN with short-lived credentials); empty if it has none.
     pub fn ice_servers(&self) -> &[ferry_protocol::IceServer] {
         &self.ice_servers
+    }
+
+    /// The token that takes this peer's seat back after a lost connection
+    /// or a reload (with its peer id as `rejoin_as`), if the server keeps
+    /// seats.
+    pub fn resume_token(&self) -> Option<&str> {
+        self.resume_token.as_deref()
     }
 
     /// Our peer id, once joined.
@@ -566,6 +579,10 @@ impl Session {
             room: self.config.room.clone(),
             name: self.config.name.clone(),
             rejoin_as: self.my_id.clone().or_else(|| self.config.rejoin_as.clone()),
+            resume_token: self
+                .resume_token
+                .clone()
+                .or_else(|| self.config.resume_token.clone()),
         };
         self.outputs.push_back(Output::SendServer(join.encode()));
         self.outputs.push_back(Output::Event(Event::Server {
@@ -622,9 +639,11 @@ impl Session {
                 peers,
                 room,
                 ice_servers,
+                resume_token,
                 ..
             } => {
                 self.ice_servers = ice_servers;
+                self.resume_token = resume_token;
                 self.server = ServerState::Joined;
                 self.reconnect_attempt = 0;
                 self.my_id = Some(peer_id.clone());
@@ -680,12 +699,24 @@ impl Session {
         if Some(&id) == self.my_id.as_ref() {
             return;
         }
-        if let Some(existing) = self.members.get(&id) {
+        if let Some(existing) = self.members.get_mut(&id) {
             // Still connected from before a server outage: keep the link.
             if existing.link.as_ref().is_some_and(|l| l.channel_open) {
                 return;
             }
-            self.remove_member(&id);
+            // The same member is back (a reload or a reconnect that kept its
+            // seat): a fresh link, without telling anyone it left.
+            existing.name = name;
+            if existing.link.take().is_some() {
+                self.transfers.peer_lost(&id);
+                self.pump_transfers();
+                self.outputs.push_back(Output::Peer {
+                    peer: id.clone(),
+                    command: PeerCommand::Close,
+                });
+            }
+            self.open_link(&id, we_offer, now);
+            return;
         }
         self.members.insert(
             id.clone(),
@@ -1084,7 +1115,20 @@ impl Session {
 
     /// Leaves the room and closes every link.
     pub fn leave(&mut self) {
-        if self.server == ServerState::Joined || self.server == ServerState::Joining {
+        self.close(true);
+    }
+
+    /// Closes everything like [`Session::leave`] but without telling the
+    /// server: it keeps this peer's seat for its grace period, so that the
+    /// same tab coming back (a reload) takes it again with
+    /// [`Session::resume_token`], and the others never see it leave.
+    pub fn suspend(&mut self) {
+        self.close(false);
+    }
+
+    fn close(&mut self, say_leave: bool) {
+        if say_leave && (self.server == ServerState::Joined || self.server == ServerState::Joining)
+        {
             self.outputs
                 .push_back(Output::SendServer(ClientMessage::Leave.encode()));
         }

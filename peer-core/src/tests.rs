@@ -295,6 +295,8 @@ impl Net {
                     peers,
                     heartbeat_ms: 5000,
                     ice_servers: Vec::new(),
+                    resume_token: None,
+                    grace_ms: None,
                 }
                 .encode();
                 self.schedule(lat, Delivery::FromServer { to: from, text });

@@ -38,6 +38,9 @@ struct Options {
     /// The peer id this tab had before a reload, to keep it.
     #[serde(default)]
     rejoin_as: Option<String>,
+    /// The resume token that went with it (from `resumeToken`).
+    #[serde(default)]
+    resume_token: Option<String>,
     /// URL of the OPFS writer worker script.
     #[serde(default = "default_sink_url")]
     sink_worker_url: String,
@@ -666,6 +669,7 @@ impl FerryClient {
             .unwrap_or_else(|| js_sys::Array::new().into());
         let mut config = Config::new(room, opts.name);
         config.rejoin_as = opts.rejoin_as.and_then(|id| PeerId::new(id).ok());
+        config.resume_token = opts.resume_token;
         if let Some(ms) = opts.connect_timeout_ms {
             config.connect_timeout = ms;
         }
@@ -717,6 +721,31 @@ impl FerryClient {
     /// Leaves the room, closing the signaling connection and every peer
     /// connection.
     pub fn leave(&self) {
+        self.close(true);
+    }
+
+    /// Closes everything without telling the server that this peer left:
+    /// the server keeps its seat for a grace period, and the same tab coming
+    /// back (a reload, with `rejoinAs` and `resumeToken`) takes it again
+    /// without the others ever seeing it leave. Call it on `pagehide`.
+    pub fn suspend(&self) {
+        self.close(false);
+    }
+
+    /// The token that takes this peer's seat back after a reload, if the
+    /// server keeps seats; store it with the peer id.
+    #[wasm_bindgen(getter, js_name = resumeToken)]
+    pub fn resume_token(&self) -> Option<String> {
+        self.shared
+            .borrow()
+            .session
+            .resume_token()
+            .map(str::to_owned)
+    }
+}
+
+impl FerryClient {
+    fn close(&self, say_leave: bool) {
         {
             // Record exactly what is stored, so a reload refetches only the
             // chunks that were still in flight.
@@ -726,11 +755,18 @@ impl FerryClient {
                 d.save_progress(&id);
             }
         }
-        self.shared.borrow_mut().session.leave();
+        if say_leave {
+            self.shared.borrow_mut().session.leave();
+        } else {
+            self.shared.borrow_mut().session.suspend();
+        }
         pump(&self.shared);
         self.shared.borrow_mut().shutdown();
     }
+}
 
+#[wasm_bindgen]
+impl FerryClient {
     /// Offers files to peers. `paths` gives each file's relative path (for
     /// folders); `peers` lists peer ids, or is empty for everyone connected.
     /// Hashes the files first (reading them in slices, never whole) and

@@ -264,6 +264,11 @@ pub enum ClientMessage {
         /// keep their identity across a server restart.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rejoin_as: Option<PeerId>,
+        /// The token `joined` gave for `rejoin_as`. Within the server's grace
+        /// period after a lost connection, it takes the seat back silently:
+        /// same id, and the others are not told that the peer left.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
     },
     /// Relay a signal to one member of the same room.
     Signal {
@@ -376,6 +381,15 @@ pub enum ServerMessage {
         /// when the server has none configured.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// A secret that lets this peer take its seat back after a lost
+        /// connection (send it with `rejoin_as`); absent if the server keeps
+        /// no seats.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+        /// How long the server keeps the seat of a lost connection, in
+        /// milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_ms: Option<u32>,
     },
     /// A new member joined the room.
     PeerJoined {
@@ -509,6 +523,7 @@ mod tests {
             room: RoomCode::new("K7M-X2Q").unwrap(),
             name: "Ada".into(),
             rejoin_as: None,
+            resume_token: None,
         };
         assert_eq!(
             join.encode(),
@@ -519,10 +534,11 @@ mod tests {
             room: RoomCode::new("abc").unwrap(),
             name: String::new(),
             rejoin_as: Some(id("p1")),
+            resume_token: Some("t0k3n".into()),
         };
         assert_eq!(
             rejoin.encode(),
-            r#"{"type":"join","version":1,"room":"abc","name":"","rejoin_as":"p1"}"#
+            r#"{"type":"join","version":1,"room":"abc","name":"","rejoin_as":"p1","resume_token":"t0k3n"}"#
         );
         let offer = ClientMessage::Signal {
             to: id("b"),
@@ -570,6 +586,8 @@ mod tests {
             }],
             heartbeat_ms: 5000,
             ice_servers: Vec::new(),
+            resume_token: None,
+            grace_ms: None,
         };
         assert_eq!(
             joined.encode(),
@@ -593,10 +611,12 @@ mod tests {
                     credential: Some("c2VjcmV0".into()),
                 },
             ],
+            resume_token: Some("t0k3n".into()),
+            grace_ms: Some(15000),
         };
         assert_eq!(
             with_turn.encode(),
-            r#"{"type":"joined","version":1,"room":"abc","peer_id":"p2","peers":[],"heartbeat_ms":5000,"ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3478?transport=udp"],"username":"1700000000:p2","credential":"c2VjcmV0"}]}"#
+            r#"{"type":"joined","version":1,"room":"abc","peer_id":"p2","peers":[],"heartbeat_ms":5000,"ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3478?transport=udp"],"username":"1700000000:p2","credential":"c2VjcmV0"}],"resume_token":"t0k3n","grace_ms":15000}"#
         );
         assert_eq!(
             ServerMessage::decode(&with_turn.encode()).unwrap(),

@@ -24,12 +24,17 @@ const HEARTBEAT_MISSES: u32 = 3;
 struct Membership {
     room: RoomCode,
     id: PeerId,
+    conn: u64,
 }
 
 /// What to do with the connection after handling a frame.
 enum Flow {
     Continue,
     Close,
+    /// The peer said `leave`: give up the seat at once.
+    Leave,
+    /// A newer connection took the seat: close without touching it.
+    Replaced,
 }
 
 pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
@@ -70,7 +75,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                         limited = false;
                         match handle_message(msg, &state, &tx, &mut membership) {
                             Some(replies) => send_all(&mut socket, &state, replies).await,
-                            None => Flow::Close,
+                            None => Flow::Leave,
                         }
                     }
                 }
@@ -80,7 +85,10 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                 }
                 None => Flow::Close,
             },
-            Some(Outbound::Frame(frame)) = rx.recv() => send_all(&mut socket, &state, vec![frame]).await,
+            Some(out) = rx.recv() => match out {
+                Outbound::Frame(frame) => send_all(&mut socket, &state, vec![frame]).await,
+                Outbound::Replaced => Flow::Replaced,
+            },
             () = &mut join_deadline, if membership.is_none() => {
                 tracing::info!("no join in time; dropping connection");
                 send_all(&mut socket, &state, vec![ServerMessage::error(
@@ -107,13 +115,37 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                 }
             }
         };
-        if let Flow::Close = flow {
-            break;
+        match flow {
+            Flow::Continue => continue,
+            Flow::Replaced => {
+                membership = None;
+                tracing::info!("a newer connection took this seat");
+            }
+            Flow::Leave => {
+                if let Some(m) = membership.take() {
+                    state.rooms.leave(&m.room, &m.id, m.conn);
+                    tracing::info!(room = %m.room, peer = %m.id, "peer left");
+                }
+            }
+            Flow::Close => {}
         }
+        break;
     }
     if let Some(m) = membership.take() {
-        state.rooms.leave(&m.room, &m.id);
-        tracing::info!(room = %m.room, peer = %m.id, "peer left");
+        let grace = state.config.reconnect_grace;
+        if grace.is_zero() || state.shutting_down() {
+            state.rooms.leave(&m.room, &m.id, m.conn);
+            tracing::info!(room = %m.room, peer = %m.id, "peer left");
+        } else if state.rooms.detach(&m.room, &m.id, m.conn) {
+            // Keep the seat: a reload or a network change comes back with
+            // its resume token and the others never see it leave.
+            tracing::info!(room = %m.room, peer = %m.id, grace_ms = grace.as_millis() as u64, "connection lost; seat kept");
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                state.rooms.expire(&m.room, &m.id, m.conn);
+            });
+        }
     }
     state.metrics.connections.dec();
     let _ = tokio::time::timeout(
@@ -222,6 +254,7 @@ fn handle_frame(
             room,
             name,
             rejoin_as,
+            resume_token,
         } => {
             if membership.is_some() {
                 return vec![ServerMessage::error(
@@ -237,14 +270,18 @@ fn handle_frame(
                     ),
                 )];
             }
-            match state.rooms.join(&room, name, rejoin_as, tx.clone()) {
-                Ok((peer_id, peers)) => {
-                    tracing::info!(room = %room, peer = %peer_id, others = peers.len(), "peer joined");
+            let token = resume_token.as_deref().filter(|t| t.len() <= 64);
+            match state.rooms.join(&room, name, rejoin_as, token, tx.clone()) {
+                Ok(seat) => {
+                    let (peer_id, peers) = (seat.id, seat.peers);
+                    tracing::info!(room = %room, peer = %peer_id, others = peers.len(), resumed = seat.resumed, "peer joined");
                     let ice_servers = state.config.ice.servers_for(&peer_id);
                     *membership = Some(Membership {
                         room: room.clone(),
                         id: peer_id.clone(),
+                        conn: seat.conn,
                     });
+                    let grace = state.config.reconnect_grace;
                     vec![ServerMessage::Joined {
                         version: PROTOCOL_VERSION,
                         room,
@@ -253,6 +290,9 @@ fn handle_frame(
                         heartbeat_ms: u32::try_from(state.config.heartbeat.as_millis())
                             .unwrap_or(u32::MAX),
                         ice_servers,
+                        resume_token: (!grace.is_zero()).then_some(seat.token),
+                        grace_ms: (!grace.is_zero())
+                            .then(|| u32::try_from(grace.as_millis()).unwrap_or(u32::MAX)),
                     }]
                 }
                 Err(e) => vec![error_frame(&e)],

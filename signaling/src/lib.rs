@@ -96,6 +96,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Largest text frame accepted, in bytes; larger ones get `frame_too_large`.
     pub max_frame_bytes: usize,
+    /// How long the seat of a lost connection is kept for its resume
+    /// token; zero to announce `peer_left` at once.
+    pub reconnect_grace: Duration,
     /// STUN and TURN servers handed to peers on join.
     pub ice: IceConfig,
     /// Abuse limits.
@@ -113,6 +116,7 @@ impl Default for Config {
             max_room_size: 8,
             heartbeat: Duration::from_secs(5),
             max_frame_bytes: ferry_protocol::MAX_FRAME_BYTES,
+            reconnect_grace: Duration::from_secs(15),
             ice: IceConfig {
                 turn_ttl: Duration::from_secs(6 * 3600),
                 ..IceConfig::default()
@@ -130,6 +134,12 @@ pub(crate) struct AppState {
     connection_rate: ConnectionRate,
     /// Flips to true when the server begins shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
 }
 
 /// Starts a graceful shutdown of every [`app`] built with its receiver:

@@ -32,6 +32,9 @@ struct Args {
     /// Heartbeat interval in milliseconds; silent connections are dropped after three [default: 5000].
     #[arg(long, env = "FERRY_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
+    /// Milliseconds the seat of a lost connection is kept for its resume token; 0 announces the leave at once [default: 15000].
+    #[arg(long, env = "FERRY_RECONNECT_GRACE_MS")]
+    reconnect_grace_ms: Option<u64>,
     /// STUN URL handed to peers; repeat for more [default: none].
     #[arg(long = "stun", env = "FERRY_STUN", value_delimiter = ',')]
     stun_urls: Vec<String>,
@@ -93,6 +96,7 @@ impl Args {
             c.web_root => self.web_root,
             c.max_room_size => self.max_room_size,
             c.heartbeat => self.heartbeat_ms.map(Duration::from_millis),
+            c.reconnect_grace => self.reconnect_grace_ms.map(Duration::from_millis),
             c.ice.stun_urls => non_empty(self.stun_urls),
             c.ice.turn_urls => non_empty(self.turn_urls),
             c.ice.turn_secret => self.turn_secret.map(Some),

@@ -15,6 +15,9 @@ use crate::Error;
 pub(crate) enum Outbound {
     /// A protocol frame.
     Frame(ServerMessage),
+    /// A newer connection took this member's seat with its resume token:
+    /// close without leaving.
+    Replaced,
 }
 
 /// The sending half of a member's outbound queue.
@@ -22,8 +25,37 @@ pub(crate) type MemberTx = mpsc::Sender<Outbound>;
 
 struct Member {
     info: PeerInfo,
-    tx: MemberTx,
+    /// `None` while the member's connection is lost and its seat is kept.
+    tx: Option<MemberTx>,
+    /// Proves a reconnecting client is this member.
+    token: String,
+    /// The connection holding the seat (unique per server), so that an old
+    /// connection's cleanup never touches a seat a newer one took back.
+    conn: u64,
 }
+
+/// What [`RoomRegistry::join`] gives a new or returning member.
+#[derive(Debug)]
+pub(crate) struct Seat {
+    pub(crate) id: PeerId,
+    pub(crate) peers: Vec<PeerInfo>,
+    pub(crate) token: String,
+    /// The connection number to pass to `detach`, `expire` and `leave`.
+    pub(crate) conn: u64,
+    /// True when a kept seat was taken back.
+    pub(crate) resumed: bool,
+}
+
+fn random_token() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(TOKEN_LEN)
+        .map(char::from)
+        .collect()
+}
+
+/// Length of resume tokens: 32 alphanumerics, about 190 bits.
+const TOKEN_LEN: usize = 32;
 
 /// All rooms of one server. Rooms are created on first join and dropped
 /// when their last member leaves.
@@ -31,6 +63,7 @@ pub(crate) struct RoomRegistry {
     rooms: Mutex<HashMap<RoomCode, Vec<Member>>>,
     max_room_size: usize,
     max_rooms: usize,
+    next_conn: std::sync::atomic::AtomicU64,
 }
 
 /// Length of generated peer ids: 12 alphanumerics, about 71 bits.
@@ -42,6 +75,7 @@ impl RoomRegistry {
             rooms: Mutex::new(HashMap::new()),
             max_room_size,
             max_rooms,
+            next_conn: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -51,16 +85,56 @@ impl RoomRegistry {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a member, announces it to the others, and returns its id and the
-    /// members that were already there.
+    /// Adds a member, announces it to the others, and returns its seat. A
+    /// kept seat (see [`RoomRegistry::detach`]) is taken back when
+    /// `rejoin_as` and `token` match it; the others then get `peer_joined`
+    /// for the same id, which tells them to expect its new offer, and never
+    /// `peer_left`.
     pub(crate) fn join(
         &self,
         room: &RoomCode,
         name: String,
         rejoin_as: Option<PeerId>,
+        token: Option<&str>,
         tx: MemberTx,
-    ) -> Result<(PeerId, Vec<PeerInfo>), Error> {
+    ) -> Result<Seat, Error> {
+        let conn = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut rooms = self.lock();
+        if let (Some(id), Some(token), Some(members)) = (&rejoin_as, token, rooms.get_mut(room))
+            && let Some(i) = members
+                .iter()
+                .position(|m| &m.info.id == id && m.token.as_bytes() == token.as_bytes())
+        {
+            let mut seat = members.remove(i);
+            // The old connection may not know yet that it is dead (a
+            // half-open socket after a network change): retire it.
+            if let Some(old) = seat.tx.take() {
+                let _ = old.try_send(Outbound::Replaced);
+            }
+            seat.info.name = name;
+            seat.tx = Some(tx);
+            seat.token = random_token();
+            seat.conn = conn;
+            let peers: Vec<PeerInfo> = members.iter().map(|m| m.info.clone()).collect();
+            for m in members.iter() {
+                if let Some(tx) = &m.tx {
+                    let _ = tx.try_send(Outbound::Frame(ServerMessage::PeerJoined {
+                        peer: seat.info.clone(),
+                    }));
+                }
+            }
+            let out = Seat {
+                id: seat.info.id.clone(),
+                peers,
+                token: seat.token.clone(),
+                conn,
+                resumed: true,
+            };
+            members.push(seat);
+            return Ok(out);
+        }
         if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
             return Err(Error::TooManyRooms(self.max_rooms));
         }
@@ -95,29 +169,73 @@ impl RoomRegistry {
         for m in members.iter() {
             // A member whose queue is full is too slow to keep up; it will be
             // dropped by its own task when its heartbeat lapses.
-            let _ = m.tx.try_send(Outbound::Frame(ServerMessage::PeerJoined {
-                peer: info.clone(),
-            }));
+            if let Some(tx) = &m.tx {
+                let _ = tx.try_send(Outbound::Frame(ServerMessage::PeerJoined {
+                    peer: info.clone(),
+                }));
+            }
         }
-        members.push(Member { info, tx });
-        Ok((id, existing))
+        let token = random_token();
+        members.push(Member {
+            info,
+            tx: Some(tx),
+            token: token.clone(),
+            conn,
+        });
+        Ok(Seat {
+            id,
+            peers: existing,
+            token,
+            conn,
+            resumed: false,
+        })
     }
 
-    /// Removes a member and tells the others it left.
-    pub(crate) fn leave(&self, room: &RoomCode, id: &PeerId) {
+    /// Keeps a member's seat after connection `conn` was lost; true if it
+    /// still held the seat. Call [`RoomRegistry::expire`] when the grace
+    /// period ends.
+    pub(crate) fn detach(&self, room: &RoomCode, id: &PeerId, conn: u64) -> bool {
+        let mut rooms = self.lock();
+        let Some(m) = rooms
+            .get_mut(room)
+            .and_then(|ms| ms.iter_mut().find(|m| &m.info.id == id && m.conn == conn))
+        else {
+            return false;
+        };
+        m.tx = None;
+        true
+    }
+
+    /// Ends a kept seat whose owner did not come back in time.
+    pub(crate) fn expire(&self, room: &RoomCode, id: &PeerId, conn: u64) {
+        let still_away = self.lock().get(room).is_some_and(|members| {
+            members
+                .iter()
+                .any(|m| &m.info.id == id && m.tx.is_none() && m.conn == conn)
+        });
+        if still_away {
+            self.leave(room, id, conn);
+        }
+    }
+
+    /// Removes the member that connection `conn` holds and tells the
+    /// others it left.
+    pub(crate) fn leave(&self, room: &RoomCode, id: &PeerId, conn: u64) {
         let mut rooms = self.lock();
         let Some(members) = rooms.get_mut(room) else {
             return;
         };
         let before = members.len();
-        members.retain(|m| &m.info.id != id);
+        members.retain(|m| !(&m.info.id == id && m.conn == conn));
         if members.len() == before {
             return;
         }
         for m in members.iter() {
-            let _ = m.tx.try_send(Outbound::Frame(ServerMessage::PeerLeft {
-                peer_id: id.clone(),
-            }));
+            if let Some(tx) = &m.tx {
+                let _ = tx.try_send(Outbound::Frame(ServerMessage::PeerLeft {
+                    peer_id: id.clone(),
+                }));
+            }
         }
         if members.is_empty() {
             rooms.remove(room);
@@ -136,8 +254,12 @@ impl RoomRegistry {
             .get(room)
             .and_then(|members| members.iter().find(|m| &m.info.id == to))
             .ok_or_else(|| Error::UnknownPeer(to.clone()))?;
+        // A member whose connection is lost (its seat kept) cannot take
+        // signals now; the sender retries once it is back.
         member
             .tx
+            .as_ref()
+            .ok_or_else(|| Error::RecipientBusy(to.clone()))?
             .try_send(Outbound::Frame(frame))
             .map_err(|_| Error::RecipientBusy(to.clone()))
     }
@@ -161,31 +283,50 @@ mod tests {
         RoomCode::new(s).unwrap()
     }
 
+    fn join(
+        reg: &RoomRegistry,
+        r: &str,
+        rejoin: Option<&PeerId>,
+        token: Option<&str>,
+    ) -> (Seat, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(8);
+        (
+            reg.join(&room(r), String::new(), rejoin.cloned(), token, tx)
+                .unwrap(),
+            rx,
+        )
+    }
+
+    fn next_frame(rx: &mut mpsc::Receiver<Outbound>) -> Option<ServerMessage> {
+        match rx.try_recv().ok()? {
+            Outbound::Frame(f) => Some(f),
+            Outbound::Replaced => None,
+        }
+    }
+
     #[test]
     fn rooms_are_created_and_dropped() {
         let reg = RoomRegistry::new(2, 100);
-        let (tx1, mut rx1) = mpsc::channel(8);
-        let (tx2, _rx2) = mpsc::channel(8);
-        let (a, peers) = reg.join(&room("r"), "a".into(), None, tx1).unwrap();
-        assert!(peers.is_empty());
-        let (b, peers) = reg.join(&room("r"), "b".into(), None, tx2).unwrap();
-        assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].id, a);
+        let (a, mut rx1) = join(&reg, "r", None, None);
+        assert!(a.peers.is_empty());
+        let (b, _rx2) = join(&reg, "r", None, None);
+        assert_eq!(b.peers.len(), 1);
+        assert_eq!(b.peers[0].id, a.id);
         assert!(matches!(
-            rx1.try_recv().unwrap(),
-            Outbound::Frame(ServerMessage::PeerJoined { peer }) if peer.id == b
+            next_frame(&mut rx1),
+            Some(ServerMessage::PeerJoined { peer }) if peer.id == b.id
         ));
         let (tx3, _rx3) = mpsc::channel(8);
         assert!(matches!(
-            reg.join(&room("r"), String::new(), None, tx3),
+            reg.join(&room("r"), String::new(), None, None, tx3),
             Err(Error::RoomFull(2))
         ));
-        reg.leave(&room("r"), &b);
+        reg.leave(&room("r"), &b.id, b.conn);
         assert!(matches!(
-            rx1.try_recv().unwrap(),
-            Outbound::Frame(ServerMessage::PeerLeft { peer_id }) if peer_id == b
+            next_frame(&mut rx1),
+            Some(ServerMessage::PeerLeft { peer_id }) if peer_id == b.id
         ));
-        reg.leave(&room("r"), &a);
+        reg.leave(&room("r"), &a.id, a.conn);
         assert_eq!(reg.room_count(), 0);
     }
 
@@ -193,51 +334,106 @@ mod tests {
     fn rejoin_keeps_a_free_id_only() {
         let reg = RoomRegistry::new(8, 100);
         let want = PeerId::new("keepme").unwrap();
-        let (tx, _rx) = mpsc::channel(8);
-        let (id, _) = reg
-            .join(&room("r"), String::new(), Some(want.clone()), tx)
-            .unwrap();
-        assert_eq!(id, want);
-        let (tx, _rx2) = mpsc::channel(8);
-        let (id2, _) = reg
-            .join(&room("r"), String::new(), Some(want.clone()), tx)
-            .unwrap();
-        assert_ne!(id2, want);
+        let (first, _rx) = join(&reg, "r", Some(&want), None);
+        assert_eq!(first.id, want);
+        let (second, _rx2) = join(&reg, "r", Some(&want), Some("wrong token"));
+        assert_ne!(second.id, want, "a held id needs its token");
+    }
+
+    #[test]
+    fn a_kept_seat_is_taken_back_with_its_token_only() {
+        let reg = RoomRegistry::new(8, 100);
+        let (a, mut rx_a) = join(&reg, "r", None, None);
+        let (b, _rx_b) = join(&reg, "r", None, None);
+        assert!(next_frame(&mut rx_a).is_some()); // b joined
+        assert!(reg.detach(&room("r"), &b.id, b.conn));
+        assert!(next_frame(&mut rx_a).is_none(), "nobody is told b left");
+        assert!(matches!(
+            reg.relay(
+                &room("r"),
+                &b.id,
+                ServerMessage::PeerLeft {
+                    peer_id: a.id.clone()
+                }
+            ),
+            Err(Error::RecipientBusy(_))
+        ));
+        // A stranger cannot take the seat.
+        let (other, _rx_o) = join(&reg, "r", Some(&b.id), Some("guess"));
+        assert_ne!(other.id, b.id);
+        assert!(next_frame(&mut rx_a).is_some()); // the stranger joined
+        let (back, _rx_back) = join(&reg, "r", Some(&b.id), Some(&b.token));
+        assert!(back.resumed);
+        assert_eq!(back.id, b.id);
+        assert_ne!(back.token, b.token, "tokens are single-use");
+        assert!(matches!(
+            next_frame(&mut rx_a),
+            Some(ServerMessage::PeerJoined { peer }) if peer.id == b.id
+        ));
+        // The old connection's expiry no longer applies.
+        reg.expire(&room("r"), &b.id, b.conn);
+        reg.leave(&room("r"), &b.id, b.conn);
+        assert_eq!(reg.member_count(), 3);
+        assert!(next_frame(&mut rx_a).is_none());
+    }
+
+    #[test]
+    fn an_expired_seat_is_announced_as_left() {
+        let reg = RoomRegistry::new(8, 100);
+        let (_a, mut rx_a) = join(&reg, "r", None, None);
+        let (b, _rx_b) = join(&reg, "r", None, None);
+        let _ = next_frame(&mut rx_a);
+        assert!(reg.detach(&room("r"), &b.id, b.conn));
+        reg.expire(&room("r"), &b.id, b.conn);
+        assert!(matches!(
+            next_frame(&mut rx_a),
+            Some(ServerMessage::PeerLeft { peer_id }) if peer_id == b.id
+        ));
+        let (late, _rx) = join(&reg, "r", Some(&b.id), Some(&b.token));
+        assert!(!late.resumed, "too late: a fresh seat");
+    }
+
+    #[test]
+    fn a_live_seat_taken_back_retires_the_old_connection() {
+        let reg = RoomRegistry::new(8, 100);
+        let (b, mut rx_old) = join(&reg, "r", None, None);
+        let (back, _rx_new) = join(&reg, "r", Some(&b.id), Some(&b.token));
+        assert!(back.resumed);
+        assert!(matches!(rx_old.try_recv(), Ok(Outbound::Replaced)));
+        assert!(
+            !reg.detach(&room("r"), &b.id, b.conn),
+            "the old connection holds nothing"
+        );
+        assert_eq!(reg.member_count(), 1);
     }
 
     #[test]
     fn relay_only_within_room() {
         let reg = RoomRegistry::new(8, 100);
-        let (tx1, _rx1) = mpsc::channel(8);
-        let (tx2, mut rx2) = mpsc::channel(8);
-        let (_a, _) = reg.join(&room("r1"), String::new(), None, tx1).unwrap();
-        let (b, _) = reg.join(&room("r2"), String::new(), None, tx2).unwrap();
-        let frame = ServerMessage::PeerLeft { peer_id: b.clone() };
+        let (_a, _rx1) = join(&reg, "r1", None, None);
+        let (b, mut rx2) = join(&reg, "r2", None, None);
+        let frame = ServerMessage::PeerLeft {
+            peer_id: b.id.clone(),
+        };
         assert!(matches!(
-            reg.relay(&room("r1"), &b, frame.clone()),
+            reg.relay(&room("r1"), &b.id, frame.clone()),
             Err(Error::UnknownPeer(_))
         ));
-        reg.relay(&room("r2"), &b, frame).unwrap();
+        reg.relay(&room("r2"), &b.id, frame).unwrap();
         assert!(rx2.try_recv().is_ok());
     }
 
     #[test]
     fn the_room_count_is_capped() {
         let reg = RoomRegistry::new(8, 2);
-        let (tx, _rx) = mpsc::channel(8);
         for r in ["room-a", "room-b"] {
-            reg.join(&RoomCode::new(r).unwrap(), String::new(), None, tx.clone())
-                .unwrap();
+            let _ = join(&reg, r, None, None);
         }
-        let third = reg.join(
-            &RoomCode::new("room-c").unwrap(),
-            String::new(),
-            None,
-            tx.clone(),
-        );
+        let (tx, _rx) = mpsc::channel(8);
+        let third = reg.join(&room("room-c"), String::new(), None, None, tx.clone());
         assert!(matches!(third, Err(Error::TooManyRooms(2))));
         // Joining an existing room still works.
-        reg.join(&RoomCode::new("room-a").unwrap(), String::new(), None, tx)
+        reg.join(&room("room-a"), String::new(), None, None, tx)
             .unwrap();
     }
 }

@@ -7,6 +7,7 @@
 //! max_room_size = 8
 //! heartbeat_ms = 5000
 //! max_frame_bytes = 65536
+//! reconnect_grace_ms = 15000
 //!
 //! [ice]
 //! stun_urls = ["stun:turn.example.org:3478"]
@@ -46,6 +47,8 @@ pub struct FileSettings {
     pub heartbeat_ms: Option<u64>,
     /// See [`Config::max_frame_bytes`].
     pub max_frame_bytes: Option<usize>,
+    /// See [`Config::reconnect_grace`].
+    pub reconnect_grace_ms: Option<u64>,
     /// STUN/TURN.
     #[serde(default)]
     pub ice: IceSettings,
@@ -107,6 +110,7 @@ impl FileSettings {
             config.max_room_size => self.max_room_size,
             config.heartbeat => self.heartbeat_ms.map(Duration::from_millis),
             config.max_frame_bytes => self.max_frame_bytes,
+            config.reconnect_grace => self.reconnect_grace_ms.map(Duration::from_millis),
             i.stun_urls => self.ice.stun_urls,
             i.turn_urls => self.ice.turn_urls,
             i.turn_secret => self.ice.turn_secret.map(Some),

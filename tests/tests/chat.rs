@@ -140,15 +140,22 @@ async fn chat_survives_the_server_and_pages_rejoin_when_it_returns() -> Result<(
 
 #[tokio::test]
 async fn a_closed_page_is_seen_leaving_within_the_heartbeat_bound() -> Result<()> {
-    let server = Server::start(1_000).await?;
+    let grace = Duration::from_millis(2_000);
+    let server = Server::start_with(
+        ferry_e2e::free_port()?,
+        1_000,
+        &["--reconnect-grace-ms".into(), grace.as_millis().to_string()],
+    )
+    .await?;
     let browser = Browser::start().await?;
     let (a, link) = create_room(&browser, &server).await?;
     let b = join_link(&browser, &link).await?;
     a.wait_connected_peers(1, CONNECT).await?;
     let closed = Instant::now();
     b.close().await?;
-    // Three missed heartbeats plus one interval of ticker slack.
-    let bound = server.heartbeat() * 4;
+    // Three missed heartbeats plus one interval of ticker slack, then the
+    // grace period during which its seat is kept for a reload.
+    let bound = server.heartbeat() * 4 + grace;
     a.wait_for(
         "document.querySelectorAll('[data-testid=peers] li[data-peer-id]').length === 0",
         bound,
@@ -162,5 +169,34 @@ async fn a_closed_page_is_seen_leaving_within_the_heartbeat_bound() -> Result<()
     )
     .await?;
     a.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reloaded_page_keeps_its_seat_and_nobody_sees_it_leave() -> Result<()> {
+    let server = Server::start(1_000).await?;
+    let browser = Browser::start().await?;
+    let (a, link) = create_room(&browser, &server).await?;
+    let b = join_link(&browser, &link).await?;
+    a.wait_connected_peers(1, CONNECT).await?;
+    b.wait_connected_peers(1, CONNECT).await?;
+    let id_b = b.peer_id().await?;
+    b.eval("location.reload(); return true").await?;
+    b.wait_for(
+        "window.__ferry && window.__ferry.client && window.__ferry.client.peerId",
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(b.peer_id().await?, id_b, "same peer id after the reload");
+    b.wait_connected_peers(1, CONNECT).await?;
+    a.wait_connected_peers(1, CONNECT).await?;
+    let left = a
+        .eval("return window.__ferry.events.filter(e => e.type === 'peer_left').length")
+        .await?;
+    assert_eq!(left.as_u64(), Some(0), "the others were never told it left");
+    b.send_chat("back again").await?;
+    a.wait_message("back again", DELIVER).await?;
+    a.close().await?;
+    b.close().await?;
     Ok(())
 }
