@@ -190,11 +190,15 @@ fn build_wasm() -> Result<()> {
     ]))?;
     let wasm = target_dir().join("wasm32-unknown-unknown/wasm/ferry_wasm.wasm");
     let out = root().join("www/pkg");
-    run(Command::new("wasm-bindgen")
+    let mut bindgen = Command::new("wasm-bindgen");
+    // FERRY_WASM_NAMES=1 keeps function names, for profiles (larger file).
+    if std::env::var_os("FERRY_WASM_NAMES").is_none() {
+        bindgen.arg("--remove-name-section");
+    }
+    run(bindgen
         .arg("--target")
         .arg("web")
         .arg("--no-typescript")
-        .arg("--remove-name-section")
         .arg("--remove-producers-section")
         .arg("--out-dir")
         .arg(&out)
