@@ -108,6 +108,8 @@ pub(crate) struct Driver {
     relay_only: bool,
     on_event: js_sys::Function,
     timer: Option<i32>,
+    /// When the armed timer fires, in session milliseconds.
+    timer_deadline: u64,
     timer_cb: Option<Closure<dyn FnMut()>>,
     outgoing_files: HashMap<TransferId, Vec<File>>,
     sink: Option<Sink>,
@@ -117,10 +119,14 @@ pub(crate) struct Driver {
     last_save: HashMap<TransferId, u64>,
 }
 
+thread_local! {
+    /// `window.performance`, looked up once: it is read on every event.
+    static PERFORMANCE: Option<web_sys::Performance> =
+        web_sys::window().and_then(|w| w.performance());
+}
+
 fn performance_now() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
-        .map_or_else(js_sys::Date::now, |p| p.now())
+    PERFORMANCE.with(|p| p.as_ref().map_or_else(js_sys::Date::now, |p| p.now()))
 }
 
 impl Driver {
@@ -477,12 +483,22 @@ impl Driver {
         let Some(window) = web_sys::window() else {
             return;
         };
+        let Some(deadline) = self.session.poll_timeout() else {
+            if let Some(handle) = self.timer.take() {
+                window.clear_timeout_with_handle(handle);
+            }
+            return;
+        };
+        // A timer that fires no later than needed can stay: firing early is
+        // harmless (the session re-arms), and re-arming on every chunk is
+        // measurable work.
+        if self.timer.is_some() && self.timer_deadline <= deadline {
+            return;
+        }
         if let Some(handle) = self.timer.take() {
             window.clear_timeout_with_handle(handle);
         }
-        let Some(deadline) = self.session.poll_timeout() else {
-            return;
-        };
+        self.timer_deadline = deadline;
         let delay = deadline.saturating_sub(self.now()).min(i32::MAX as u64) as i32;
         if self.timer_cb.is_none() {
             let w = weak.clone();
@@ -698,6 +714,7 @@ impl FerryClient {
             relay_only: opts.ice_transport_policy.as_deref() == Some("relay"),
             on_event,
             timer: None,
+            timer_deadline: 0,
             timer_cb: None,
             outgoing_files: HashMap::new(),
             sink: None,
