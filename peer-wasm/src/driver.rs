@@ -334,6 +334,12 @@ impl Driver {
             return;
         }
         let t = self.session.transfers();
+        // Never for a declined, cancelled or finished download: its saved
+        // progress would make the next offer of the same files resume
+        // without asking.
+        if !t.is_receiving(id) {
+            return;
+        }
         if let (Some(m), Some(have)) = (t.manifest_hash(id), t.have_maps(id)) {
             files::save_progress(&m, t.config().chunk_size, have);
         }
@@ -386,7 +392,9 @@ impl Driver {
                 self.outgoing_files.remove(&tid);
                 let manifest = self.session.transfers().manifest_hash(&tid)?;
                 match event {
-                    TransferEvent::Completed { .. } => files::forget_progress(&manifest),
+                    TransferEvent::Completed { .. } | TransferEvent::Declined { .. } => {
+                        files::forget_progress(&manifest);
+                    }
                     TransferEvent::Cancelled { .. } => {
                         // Nothing partial may look complete: remove it all.
                         files::forget_progress(&manifest);

@@ -501,11 +501,25 @@ async fn cancel_from_either_side_shows_in_both_pages() -> Result<()> {
     let server = Server::start(5_000).await?;
     let browser = Browser::start().await?;
     let (a, b) = pair(&browser, &server, &downloads).await?;
-    for (round, receiver_cancels) in [(1usize, true), (2, false)] {
+    // Declined first: offering the same file again must ask again, not
+    // resume on its own.
+    a.upload("pick-files", &src).await?;
+    b.wait_for(
+        &format!("document.querySelector(\"{INCOMING}[data-state='offered']\") !== null"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    b.click("decline-transfer").await?;
+    a.wait_for(
+        "document.querySelector('li.transfer').dataset.state === 'declined'",
+        Duration::from_secs(10),
+    )
+    .await?;
+    for (round, receiver_cancels) in [(2usize, true), (3, false)] {
         a.upload("pick-files", &src).await?;
         accept(&b, round).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while received_fraction(&b).await? < 0.1 {
+        while newest_fraction(&b).await? < 0.1 {
             if Instant::now() > deadline {
                 bail!("did not start");
             }

@@ -673,6 +673,17 @@ impl TransferEngine {
             .collect()
     }
 
+    /// Whether we accepted this incoming transfer and it is not over: the
+    /// only state in which saving its progress for a resume makes sense.
+    pub fn is_receiving(&self, id: &TransferId) -> bool {
+        self.incoming.get(id).is_some_and(|t| {
+            matches!(
+                t.state,
+                RecvState::FetchHashLists | RecvState::Active | RecvState::Interrupted
+            )
+        })
+    }
+
     /// The have-maps of a transfer we receive, for saving progress.
     pub fn have_maps(&self, id: &TransferId) -> Option<&[HaveMap]> {
         self.incoming.get(id).map(|t| t.have.as_slice())

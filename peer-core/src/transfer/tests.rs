@@ -419,6 +419,7 @@ fn cancel_from_either_side_stops_both() {
     for receiver_cancels in [false, true] {
         let mut net = Net::new(vec![("a", content(500_000, 11))], 4096, 7);
         net.run_until(|n| n.received_fraction() > 0.3, 60_000);
+        assert!(net.r.is_receiving(&ID), "accepted and under way");
         if receiver_cancels {
             net.r.cancel(&ID, "changed my mind").unwrap();
         } else {
@@ -432,6 +433,7 @@ fn cancel_from_either_side_stops_both() {
         };
         assert!(cancelled(&net.s_events, receiver_cancels));
         assert!(cancelled(&net.r_events, !receiver_cancels));
+        assert!(!net.r.is_receiving(&ID), "nothing left to resume");
         assert!(!net.completed());
         assert!(
             !net.r_events
