@@ -204,6 +204,18 @@ function applyEvent(e) {
       renderPeers();
       break;
     case "server_error":
+      if (e.code === "wrong_password") {
+        // Back to the start, with the code filled in, to ask for it.
+        const code = client?.room;
+        leaveRoom(true);
+        $("join-code").value = code || "";
+        $("join-error").textContent = $("room-password").value
+          ? "That password is not right for this room. Try again."
+          : "This room has a password. Enter it above and press Join.";
+        $("join-error").hidden = false;
+        $("room-password").focus();
+        break;
+      }
       showBanner(serverErrorText(e), true);
       break;
     case "peer_joined":
@@ -671,6 +683,8 @@ function serverErrorText(e) {
     case "room_full": return "This room is full (8 people at most). Ask someone to leave, or create a new room.";
     case "unsupported_version": return "This page is out of date for the server. Reload the page.";
     case "invalid_room": return "That room code is not valid. Codes use letters, digits and dashes.";
+    case "too_many_rooms": return "The server is at its limit of rooms right now. Try again in a few minutes.";
+    case "rate_limited": return "Too many messages too fast; some were dropped. Slow down a little.";
     default: return `Server: ${e.message}`;
   }
 }
@@ -710,6 +724,9 @@ let pendingStart = null;
 
 function enterRoom(code) {
   leaveRoom(false);
+  $("join-error").hidden = true;
+  const password = $("room-password").value;
+  $("room-locked").hidden = !password;
   peers = new Map();
   selfId = null;
   ferry.clickedAt = performance.now();
@@ -738,7 +755,7 @@ function enterRoom(code) {
     let tuning = {};
     try { tuning = JSON.parse(localStorage.getItem("ferry.tuning") || "{}") || {}; } catch { /* ignore */ }
     const sinkFactory = () => (sinkKind === "stream" ? new StreamSink("sw.js") : null);
-    client = new FerryClient({ ...tuning, serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs, resumeToken, sinkFactory }, onEvent);
+    client = new FerryClient({ ...tuning, serverUrl: signalingUrl(), room: code, name: displayName(), iceServers: [], rejoinAs, resumeToken, password, sinkFactory }, onEvent);
     ferry.client = client;
     // The QR code and the URL can wait until the handshake is done.
     afterHandshake(() => {

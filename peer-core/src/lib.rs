@@ -120,6 +120,9 @@ pub struct Config {
     /// The resume token that went with `rejoin_as`, to take the seat back
     /// silently within the server's grace period.
     pub resume_token: Option<String>,
+    /// The room's password: sets it if this peer creates the room, and is
+    /// needed to join it otherwise.
+    pub password: Option<String>,
     /// File transfer tuning.
     pub transfer: TransferConfig,
 }
@@ -138,6 +141,7 @@ impl Config {
             reconnect_max: 5_000,
             rejoin_as: None,
             resume_token: None,
+            password: None,
             transfer: TransferConfig::default(),
         }
     }
@@ -583,6 +587,7 @@ impl Session {
                 .resume_token
                 .clone()
                 .or_else(|| self.config.resume_token.clone()),
+            password: self.config.password.clone(),
         };
         self.outputs.push_back(Output::SendServer(join.encode()));
         self.outputs.push_back(Output::Event(Event::Server {

@@ -41,6 +41,9 @@ struct Options {
     /// The resume token that went with it (from `resumeToken`).
     #[serde(default)]
     resume_token: Option<String>,
+    /// The room's password, if it has one (or to give it one, when creating).
+    #[serde(default)]
+    password: Option<String>,
     /// URL of the OPFS writer worker script.
     #[serde(default = "default_sink_url")]
     sink_worker_url: String,
@@ -694,6 +697,7 @@ impl FerryClient {
         let mut config = Config::new(room, opts.name);
         config.rejoin_as = opts.rejoin_as.and_then(|id| PeerId::new(id).ok());
         config.resume_token = opts.resume_token;
+        config.password = opts.password.filter(|p| !p.is_empty());
         if let Some(ms) = opts.connect_timeout_ms {
             config.connect_timeout = ms;
         }

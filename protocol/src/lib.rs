@@ -269,6 +269,10 @@ pub enum ClientMessage {
         /// same id, and the others are not told that the peer left.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_token: Option<String>,
+        /// The room's password: sets it when this join creates the room,
+        /// and must match it otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
     },
     /// Relay a signal to one member of the same room.
     Signal {
@@ -319,6 +323,8 @@ pub enum ErrorCode {
     /// The server is shutting down: reconnect (to another instance, or to
     /// this one once it is back).
     GoingAway,
+    /// The room has a password and the `join` did not give it.
+    WrongPassword,
 }
 
 impl ErrorCode {
@@ -340,6 +346,7 @@ impl ErrorCode {
             Self::TooManyRooms => "too_many_rooms",
             Self::Idle => "idle",
             Self::GoingAway => "going_away",
+            Self::WrongPassword => "wrong_password",
         }
     }
 
@@ -355,6 +362,7 @@ impl ErrorCode {
                 | Self::TooManyRooms
                 | Self::Idle
                 | Self::GoingAway
+                | Self::WrongPassword
         )
     }
 }
@@ -524,6 +532,7 @@ mod tests {
             name: "Ada".into(),
             rejoin_as: None,
             resume_token: None,
+            password: None,
         };
         assert_eq!(
             join.encode(),
@@ -535,6 +544,7 @@ mod tests {
             name: String::new(),
             rejoin_as: Some(id("p1")),
             resume_token: Some("t0k3n".into()),
+            password: None,
         };
         assert_eq!(
             rejoin.encode(),

@@ -199,6 +199,7 @@ fn error_frame(err: &Error) -> ServerMessage {
         Error::UnknownPeer(_) => ErrorCode::UnknownPeer,
         Error::RecipientBusy(_) => ErrorCode::PeerBusy,
         Error::TooManyRooms(_) => ErrorCode::TooManyRooms,
+        Error::WrongPassword => ErrorCode::WrongPassword,
         Error::Io(_) | Error::Config(_) => ErrorCode::ServerError,
     };
     ServerMessage::error(code, err.to_string())
@@ -255,6 +256,7 @@ fn handle_frame(
             name,
             rejoin_as,
             resume_token,
+            password,
         } => {
             if membership.is_some() {
                 return vec![ServerMessage::error(
@@ -271,7 +273,11 @@ fn handle_frame(
                 )];
             }
             let token = resume_token.as_deref().filter(|t| t.len() <= 64);
-            match state.rooms.join(&room, name, rejoin_as, token, tx.clone()) {
+            let password = password.as_deref().filter(|p| p.len() <= 256);
+            match state
+                .rooms
+                .join(&room, name, rejoin_as, token, password, tx.clone())
+            {
                 Ok(seat) => {
                     let (peer_id, peers) = (seat.id, seat.peers);
                     tracing::info!(room = %room, peer = %peer_id, others = peers.len(), resumed = seat.resumed, "peer joined");

@@ -70,6 +70,9 @@ pub enum Error {
     /// The recipient's outbound queue is full; it is not keeping up.
     #[error("peer {0} is not keeping up; try again")]
     RecipientBusy(PeerId),
+    /// The room has a password and the join did not give it.
+    #[error("this room needs its password; ask whoever shared the link")]
+    WrongPassword,
     /// The server already holds its maximum number of rooms.
     #[error("this server holds {0} rooms, its maximum; try again later")]
     TooManyRooms(usize),

@@ -57,10 +57,33 @@ fn random_token() -> String {
 /// Length of resume tokens: 32 alphanumerics, about 190 bits.
 const TOKEN_LEN: usize = 32;
 
+/// One room: its members, and its password if its creator set one.
+#[derive(Default)]
+struct Room {
+    members: Vec<Member>,
+    /// Keyed BLAKE3 of the password (the key is random per server run).
+    password: Option<blake3::Hash>,
+}
+
+impl std::ops::Deref for Room {
+    type Target = Vec<Member>;
+    fn deref(&self) -> &Vec<Member> {
+        &self.members
+    }
+}
+
+impl std::ops::DerefMut for Room {
+    fn deref_mut(&mut self) -> &mut Vec<Member> {
+        &mut self.members
+    }
+}
+
 /// All rooms of one server. Rooms are created on first join and dropped
 /// when their last member leaves.
 pub(crate) struct RoomRegistry {
-    rooms: Mutex<HashMap<RoomCode, Vec<Member>>>,
+    rooms: Mutex<HashMap<RoomCode, Room>>,
+    /// Key for hashing room passwords.
+    key: [u8; 32],
     max_room_size: usize,
     max_rooms: usize,
     next_conn: std::sync::atomic::AtomicU64,
@@ -73,13 +96,14 @@ impl RoomRegistry {
     pub(crate) fn new(max_room_size: usize, max_rooms: usize) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
+            key: rand::rng().random(),
             max_room_size,
             max_rooms,
             next_conn: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomCode, Vec<Member>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomCode, Room>> {
         // A panic while holding the lock cannot leave the map half-updated in
         // a way that matters more than refusing service, so recover it.
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
@@ -90,12 +114,16 @@ impl RoomRegistry {
     /// `rejoin_as` and `token` match it; the others then get `peer_joined`
     /// for the same id, which tells them to expect its new offer, and never
     /// `peer_left`.
+    ///
+    /// The first member of a room may set a `password`; everyone after must
+    /// give the same one (a kept seat's token is proof enough).
     pub(crate) fn join(
         &self,
         room: &RoomCode,
         name: String,
         rejoin_as: Option<PeerId>,
         token: Option<&str>,
+        password: Option<&str>,
         tx: MemberTx,
     ) -> Result<Seat, Error> {
         let conn = self
@@ -138,7 +166,17 @@ impl RoomRegistry {
         if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
             return Err(Error::TooManyRooms(self.max_rooms));
         }
+        let password = password
+            .filter(|p| !p.is_empty())
+            .map(|p| blake3::keyed_hash(&self.key, p.as_bytes()));
         let members = rooms.entry(room.clone()).or_default();
+        if members.is_empty() {
+            members.password = password;
+        } else if let Some(want) = members.password
+            && password != Some(want)
+        {
+            return Err(Error::WrongPassword);
+        }
         if members.len() >= self.max_room_size {
             let limit = self.max_room_size;
             if members.is_empty() {
@@ -271,7 +309,7 @@ impl RoomRegistry {
 
     /// Number of connected members across all rooms.
     pub(crate) fn member_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().values().map(|r| r.len()).sum()
     }
 }
 
@@ -291,7 +329,7 @@ mod tests {
     ) -> (Seat, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(8);
         (
-            reg.join(&room(r), String::new(), rejoin.cloned(), token, tx)
+            reg.join(&room(r), String::new(), rejoin.cloned(), token, None, tx)
                 .unwrap(),
             rx,
         )
@@ -318,7 +356,7 @@ mod tests {
         ));
         let (tx3, _rx3) = mpsc::channel(8);
         assert!(matches!(
-            reg.join(&room("r"), String::new(), None, None, tx3),
+            reg.join(&room("r"), String::new(), None, None, None, tx3),
             Err(Error::RoomFull(2))
         ));
         reg.leave(&room("r"), &b.id, b.conn);
@@ -430,10 +468,42 @@ mod tests {
             let _ = join(&reg, r, None, None);
         }
         let (tx, _rx) = mpsc::channel(8);
-        let third = reg.join(&room("room-c"), String::new(), None, None, tx.clone());
+        let third = reg.join(&room("room-c"), String::new(), None, None, None, tx.clone());
         assert!(matches!(third, Err(Error::TooManyRooms(2))));
         // Joining an existing room still works.
-        reg.join(&room("room-a"), String::new(), None, None, tx)
+        reg.join(&room("room-a"), String::new(), None, None, None, tx)
             .unwrap();
+    }
+
+    #[test]
+    fn a_room_password_is_set_by_its_creator_and_checked_after() {
+        let reg = RoomRegistry::new(8, 100);
+        let with = |pw: Option<&str>| {
+            let (tx, _rx) = mpsc::channel(8);
+            reg.join(&room("locked"), String::new(), None, None, pw, tx)
+        };
+        let owner = with(Some("hunter2")).unwrap();
+        assert!(matches!(with(None), Err(Error::WrongPassword)));
+        assert!(matches!(with(Some("hunter3")), Err(Error::WrongPassword)));
+        assert!(matches!(with(Some("")), Err(Error::WrongPassword)));
+        let guest = with(Some("hunter2")).unwrap();
+        // A kept seat comes back with its token alone.
+        assert!(reg.detach(&room("locked"), &guest.id, guest.conn));
+        let (tx, _rx) = mpsc::channel(8);
+        let back = reg
+            .join(
+                &room("locked"),
+                String::new(),
+                Some(guest.id.clone()),
+                Some(&guest.token),
+                None,
+                tx,
+            )
+            .unwrap();
+        assert!(back.resumed);
+        // Once the room is empty, the next creator chooses again.
+        reg.leave(&room("locked"), &owner.id, owner.conn);
+        reg.leave(&room("locked"), &back.id, back.conn);
+        assert!(with(None).is_ok(), "a new room without a password");
     }
 }

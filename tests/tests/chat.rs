@@ -200,3 +200,42 @@ async fn a_reloaded_page_keeps_its_seat_and_nobody_sees_it_leave() -> Result<()>
     b.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_room_password_keeps_out_whoever_lacks_it() -> Result<()> {
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let a = browser.page().await?;
+    a.open(&server.url()).await?;
+    a.type_into("room-password", "hunter2").await?;
+    a.click("create-room").await?;
+    let link = a.room_link().await?;
+    a.wait_for(
+        "!document.querySelector(\"[data-testid='room-locked']\").hidden",
+        DELIVER,
+    )
+    .await?;
+    // The link alone is not enough.
+    let b = browser.page().await?;
+    b.open(&link).await?;
+    let error_shows = |text: &str| {
+        format!(
+            "!document.getElementById('landing').hidden && !document.getElementById('join-error').hidden && document.getElementById('join-error').textContent.includes('{text}')"
+        )
+    };
+    b.wait_for(&error_shows("has a password"), CONNECT).await?;
+    let _ = std::fs::create_dir_all("../target/e2e");
+    b.screenshot("../target/e2e/chat-password.png").await?;
+    b.type_into("room-password", "hunter3").await?;
+    b.click("join-room").await?;
+    b.wait_for(&error_shows("not right"), CONNECT).await?;
+    b.type_into("room-password", "hunter2").await?;
+    b.click("join-room").await?;
+    b.wait_connected_peers(1, CONNECT).await?;
+    a.wait_connected_peers(1, CONNECT).await?;
+    b.send_chat("let me in").await?;
+    a.wait_message("let me in", DELIVER).await?;
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}
