@@ -86,7 +86,13 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                 None => Flow::Close,
             },
             Some(out) = rx.recv() => match out {
-                Outbound::Frame(frame) => send_all(&mut socket, &state, vec![frame]).await,
+                Outbound::Text(text) => {
+                    if send_timed(&mut socket, &state, Message::Text(text)).await {
+                        Flow::Continue
+                    } else {
+                        Flow::Close
+                    }
+                }
                 Outbound::Replaced => Flow::Replaced,
             },
             () = &mut join_deadline, if membership.is_none() => {

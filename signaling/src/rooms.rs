@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{PeerId, PeerInfo, RoomCode, ServerMessage};
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -13,8 +14,10 @@ use crate::Error;
 /// What a connection task is asked to write to its socket.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A protocol frame.
-    Frame(ServerMessage),
+    /// A protocol frame, already encoded: one encoding serves every
+    /// recipient of an announcement, and a queue slot stays small (an idle
+    /// connection's queue is most of its memory).
+    Text(Utf8Bytes),
     /// A newer connection took this member's seat with its resume token:
     /// close without leaving.
     Replaced,
@@ -44,6 +47,10 @@ pub(crate) struct Seat {
     pub(crate) conn: u64,
     /// True when a kept seat was taken back.
     pub(crate) resumed: bool,
+}
+
+fn encode(frame: &ServerMessage) -> Utf8Bytes {
+    frame.encode().into()
 }
 
 fn random_token() -> String {
@@ -146,11 +153,12 @@ impl RoomRegistry {
             seat.token = random_token();
             seat.conn = conn;
             let peers: Vec<PeerInfo> = members.iter().map(|m| m.info.clone()).collect();
+            let text = encode(&ServerMessage::PeerJoined {
+                peer: seat.info.clone(),
+            });
             for m in members.iter() {
                 if let Some(tx) = &m.tx {
-                    let _ = tx.try_send(Outbound::Frame(ServerMessage::PeerJoined {
-                        peer: seat.info.clone(),
-                    }));
+                    let _ = tx.try_send(Outbound::Text(text.clone()));
                 }
             }
             let out = Seat {
@@ -204,13 +212,12 @@ impl RoomRegistry {
             name,
         };
         let existing: Vec<PeerInfo> = members.iter().map(|m| m.info.clone()).collect();
+        let text = encode(&ServerMessage::PeerJoined { peer: info.clone() });
         for m in members.iter() {
             // A member whose queue is full is too slow to keep up; it will be
             // dropped by its own task when its heartbeat lapses.
             if let Some(tx) = &m.tx {
-                let _ = tx.try_send(Outbound::Frame(ServerMessage::PeerJoined {
-                    peer: info.clone(),
-                }));
+                let _ = tx.try_send(Outbound::Text(text.clone()));
             }
         }
         let token = random_token();
@@ -268,11 +275,12 @@ impl RoomRegistry {
         if members.len() == before {
             return;
         }
+        let text = encode(&ServerMessage::PeerLeft {
+            peer_id: id.clone(),
+        });
         for m in members.iter() {
             if let Some(tx) = &m.tx {
-                let _ = tx.try_send(Outbound::Frame(ServerMessage::PeerLeft {
-                    peer_id: id.clone(),
-                }));
+                let _ = tx.try_send(Outbound::Text(text.clone()));
             }
         }
         if members.is_empty() {
@@ -287,6 +295,7 @@ impl RoomRegistry {
         to: &PeerId,
         frame: ServerMessage,
     ) -> Result<(), Error> {
+        let text = encode(&frame);
         let rooms = self.lock();
         let member = rooms
             .get(room)
@@ -298,7 +307,7 @@ impl RoomRegistry {
             .tx
             .as_ref()
             .ok_or_else(|| Error::RecipientBusy(to.clone()))?
-            .try_send(Outbound::Frame(frame))
+            .try_send(Outbound::Text(text))
             .map_err(|_| Error::RecipientBusy(to.clone()))
     }
 
@@ -337,7 +346,7 @@ mod tests {
 
     fn next_frame(rx: &mut mpsc::Receiver<Outbound>) -> Option<ServerMessage> {
         match rx.try_recv().ok()? {
-            Outbound::Frame(f) => Some(f),
+            Outbound::Text(t) => Some(ServerMessage::decode(t.as_str()).unwrap()),
             Outbound::Replaced => None,
         }
     }

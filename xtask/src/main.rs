@@ -44,7 +44,7 @@ enum Task {
     Setup,
     /// Run a benchmark; prints one JSON object as the last line.
     Bench {
-        /// Which benchmark: `connect`.
+        /// Which benchmark: `connect`, `swap` or `signaling`.
         name: String,
         /// Extra arguments for the benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -357,7 +357,37 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
             );
             run(&mut in_loopback_namespace(&mut cmd))
         }
-        other => bail!("unknown benchmark `{other}`; available: connect, swap"),
+        "signaling" => {
+            run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "ferry-e2e",
+                "--bin",
+                "ferry-loadgen",
+            ]))?;
+            // The baseline: PeerServer from npm, as pinned in its lockfile.
+            let peerserver = root().join("bench/peerserver");
+            if !on_path("node") || !on_path("npm") {
+                bail!("the signaling benchmark needs Node.js and npm for its PeerServer baseline");
+            }
+            if !peerserver.join("node_modules/peer").exists() {
+                run(Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&peerserver))?;
+            }
+            let mut cmd = Command::new(target_dir().join("release/ferry-loadgen"));
+            cmd.arg("bench")
+                .args(args)
+                .env(
+                    "FERRY_SIGNALING_BIN",
+                    target_dir().join("release/ferry-signaling"),
+                )
+                .env("FERRY_PEERSERVER_DIR", &peerserver);
+            run(&mut in_loopback_namespace(&mut cmd))
+        }
+        other => bail!("unknown benchmark `{other}`; available: connect, swap, signaling"),
     }
 }
 

@@ -1,0 +1,633 @@
+//! Load generator for signaling servers: Ferry's and, as the baseline,
+//! PeerServer (the `peer` npm package, PeerJS's server), in the same run.
+//!
+//! `ferry-loadgen bench` starts each server on a loopback port, then spawns
+//! worker processes (this binary, `worker`), each holding up to 9,000
+//! WebSocket connections from its own source address (127.0.0.2, .3, …):
+//! one process may hold only 20,000 open files here. Connections come in
+//! pairs in rooms of two; once all have joined, the workers relay
+//! candidate-like messages from one member of a pair to the other:
+//!
+//! 1. **idle**: server RSS per connection, all connected and joined;
+//! 2. **rate**: a fixed total rate (20,000/s by default) for some seconds;
+//!    every message carries its send time, so the receiver records relay
+//!    latency (p50, p99) and the workers count what never arrived;
+//! 3. **blast**: every worker sends as fast as its connections take it;
+//!    the relayed rate is what arrived per second.
+//!
+//! The last line printed is one JSON object with both servers' figures and
+//! the ratios.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Which server's protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    Ferry,
+    Peerjs,
+}
+
+#[derive(Debug, Parser)]
+enum Cli {
+    /// Run the whole benchmark against Ferry and PeerServer.
+    Bench {
+        /// Connections per server (pairs × 2).
+        #[arg(long, default_value_t = 19_000)]
+        connections: usize,
+        /// Total messages per second in the rate phase.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Seconds of each of the rate and blast phases.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Measure only Ferry (quick experiments; no ratios).
+        #[arg(long)]
+        only_ours: bool,
+    },
+    /// One worker process (spawned by `bench`).
+    Worker {
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        pairs: usize,
+        #[arg(long)]
+        src_ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        prefix: String,
+    },
+}
+
+// ---- Worker -----------------------------------------------------------------
+
+const MARK: &str = "ferryload:";
+/// Latency histogram: 10 µs buckets up to 1 s.
+const BUCKET_US: u64 = 10;
+const BUCKETS: usize = 100_000;
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+struct Stats {
+    /// In the blast phase every arrival is answered with a new message the
+    /// other way, so each pair keeps a fixed number in flight.
+    echo: std::sync::atomic::AtomicBool,
+    received: AtomicU64,
+    hist: Vec<AtomicU64>,
+    errors: AtomicU64,
+}
+
+fn frame(kind: Kind, to: &str, payload: &str) -> String {
+    match kind {
+        Kind::Ferry => json!({"type": "signal", "to": to, "signal": {"kind": "candidate", "candidate": payload}}).to_string(),
+        Kind::Peerjs => json!({"type": "CANDIDATE", "dst": to, "payload": {"candidate": payload}}).to_string(),
+    }
+}
+
+async fn connect(
+    kind: Kind,
+    port: u16,
+    src: std::net::Ipv4Addr,
+    id: &str,
+    room: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((src, 0).into())?;
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    stream.set_nodelay(true)?;
+    let url = match kind {
+        Kind::Ferry => format!("ws://127.0.0.1:{port}/ws"),
+        Kind::Peerjs => format!("ws://127.0.0.1:{port}/peerjs?key=peerjs&id={id}&token=t{id}"),
+    };
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    match kind {
+        Kind::Ferry => {
+            ws.send(Message::text(
+                json!({"type": "join", "version": 1, "room": room, "name": "", "rejoin_as": id})
+                    .to_string(),
+            ))
+            .await?;
+            loop {
+                let m = ws.next().await.context("closed before joined")??;
+                if let Message::Text(t) = m {
+                    if t.contains("\"joined\"") {
+                        if !t.contains(&format!("\"peer_id\":\"{id}\"")) {
+                            bail!("server gave another id: {t}");
+                        }
+                        break;
+                    }
+                    bail!("unexpected: {t}");
+                }
+            }
+        }
+        Kind::Peerjs => loop {
+            let m = ws.next().await.context("closed before OPEN")??;
+            if let Message::Text(t) = m {
+                if t.contains("\"OPEN\"") {
+                    break;
+                }
+                bail!("unexpected: {t}");
+            }
+        },
+    }
+    Ok(ws)
+}
+
+async fn worker(
+    kind: Kind,
+    port: u16,
+    pairs: usize,
+    src: std::net::Ipv4Addr,
+    prefix: String,
+) -> Result<()> {
+    let stats = Arc::new(Stats {
+        echo: std::sync::atomic::AtomicBool::new(false),
+        received: AtomicU64::new(0),
+        hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        errors: AtomicU64::new(0),
+    });
+    // Connect in waves, so that the server's accept queue never overflows.
+    let mut senders: Vec<(mpsc::UnboundedSender<String>, String)> = Vec::with_capacity(pairs * 2);
+    let wave = 100;
+    let ids: Vec<(String, String, String)> = (0..pairs)
+        .map(|i| {
+            (
+                format!("{prefix}a{i}"),
+                format!("{prefix}b{i}"),
+                format!("{prefix}-r{i}"),
+            )
+        })
+        .collect();
+    for chunk in ids.chunks(wave) {
+        let mut tasks = Vec::new();
+        for (a, b, room) in chunk {
+            for (me, other) in [(a, b), (b, a)] {
+                let (me, other, room) = (me.clone(), other.clone(), room.clone());
+                tasks.push(tokio::spawn(async move {
+                    connect(kind, port, src, &me, &room)
+                        .await
+                        .map(|ws| (ws, other))
+                }));
+            }
+        }
+        for t in tasks {
+            let (ws, other) = t.await??;
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            tokio::spawn(async move {
+                while let Some(text) = rx.recv().await {
+                    if sink.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let stats = stats.clone();
+            let (echo_tx, echo_to) = (tx.clone(), other.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(m)) = stream.next().await {
+                    let Message::Text(t) = m else { continue };
+                    if let Some(at) = t.find(MARK) {
+                        let digits: String = t[at + MARK.len()..]
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect();
+                        if let Ok(sent) = digits.parse::<u64>() {
+                            let us = now_ns().saturating_sub(sent) / 1000;
+                            let b = ((us / BUCKET_US) as usize).min(BUCKETS - 1);
+                            stats.hist[b].fetch_add(1, Ordering::Relaxed);
+                            stats.received.fetch_add(1, Ordering::Relaxed);
+                            if stats.echo.load(Ordering::Relaxed) {
+                                let _ = echo_tx.send(frame(
+                                    kind,
+                                    &echo_to,
+                                    &format!("{MARK}{}", now_ns()),
+                                ));
+                            }
+                        }
+                    } else if t.contains("error") || t.contains("ERROR") {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            senders.push((tx, other));
+        }
+    }
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("ready {}\n", senders.len()).as_bytes())
+        .await?;
+    out.flush().await?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // PeerServer drops clients that send nothing for a minute.
+    let keepalive = {
+        let senders: Vec<_> = senders.iter().map(|(tx, _)| tx.clone()).collect();
+        tokio::spawn(async move {
+            if kind == Kind::Peerjs {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    for tx in &senders {
+                        let _ = tx.send(r#"{"type":"HEARTBEAT"}"#.to_owned());
+                    }
+                }
+            }
+        })
+    };
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["send", rate, secs] => {
+                let rate: u64 = rate.parse()?;
+                let secs: u64 = secs.parse()?;
+                for h in &stats.hist {
+                    h.store(0, Ordering::Relaxed);
+                }
+                let before = stats.received.load(Ordering::Relaxed);
+                let errors_before = stats.errors.load(Ordering::Relaxed);
+                let started = Instant::now();
+                let mut sent = 0u64;
+                let mut next = 0usize;
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                while started.elapsed() < Duration::from_secs(secs) {
+                    tick.tick().await;
+                    let due = (rate as f64 * started.elapsed().as_secs_f64()) as u64;
+                    while sent < due {
+                        let (tx, to) = &senders[next % senders.len()];
+                        next += 1;
+                        let _ = tx.send(frame(kind, to, &format!("{MARK}{}", now_ns())));
+                        sent += 1;
+                    }
+                }
+                let sending = started.elapsed().as_secs_f64();
+                // Let the last ones arrive.
+                let mut last = u64::MAX;
+                for _ in 0..50 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let now = stats.received.load(Ordering::Relaxed);
+                    if now - before >= sent || now == last {
+                        break;
+                    }
+                    last = now;
+                }
+                let received = stats.received.load(Ordering::Relaxed) - before;
+                let hist: Vec<u64> = stats
+                    .hist
+                    .iter()
+                    .map(|h| h.load(Ordering::Relaxed))
+                    .collect();
+                // Sparse: [bucket, count] pairs.
+                let sparse: Vec<[u64; 2]> = hist
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(i, c)| [i as u64, *c])
+                    .collect();
+                let result = json!({
+                    "sent": sent,
+                    "received": received,
+                    "secs": sending,
+                    "errors": stats.errors.load(Ordering::Relaxed) - errors_before,
+                    "hist": sparse,
+                });
+                out.write_all(format!("result {result}\n").as_bytes())
+                    .await?;
+                out.flush().await?;
+            }
+            ["blast", window, secs] => {
+                // Closed loop: `window` messages in flight per pair, each
+                // arrival answered at once; what arrives per second is the
+                // relay rate the server sustains without dropping anything.
+                let window: usize = window.parse()?;
+                let secs: u64 = secs.parse()?;
+                let before = stats.received.load(Ordering::Relaxed);
+                stats.echo.store(true, Ordering::Relaxed);
+                let started = Instant::now();
+                for (tx, to) in senders.iter().step_by(2) {
+                    for _ in 0..window {
+                        let _ = tx.send(frame(kind, to, &format!("{MARK}{}", now_ns())));
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                let received = stats.received.load(Ordering::Relaxed) - before;
+                let took = started.elapsed().as_secs_f64();
+                stats.echo.store(false, Ordering::Relaxed);
+                // Drain what is still in flight before anything else.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let result = json!({"received": received, "secs": took, "in_flight": senders.len() / 2 * window});
+                out.write_all(format!("result {result}\n").as_bytes())
+                    .await?;
+                out.flush().await?;
+            }
+            ["quit"] | [] => break,
+            other => bail!("unknown command {other:?}"),
+        }
+    }
+    keepalive.abort();
+    Ok(())
+}
+
+// ---- Orchestration ----------------------------------------------------------
+
+struct Worker {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Worker {
+    async fn expect(&mut self, word: &str, timeout: Duration) -> Result<String> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .with_context(|| format!("worker did not answer {word} in time"))??
+            .context("worker exited")?;
+        line.strip_prefix(word)
+            .map(|s| s.trim().to_owned())
+            .with_context(|| format!("worker said {line}"))
+    }
+
+    async fn say(&mut self, line: &str) -> Result<()> {
+        let stdin = self.child.stdin.as_mut().context("no stdin")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+}
+
+fn proc_stat(pid: u32) -> Option<(u64, u64)> {
+    // (RSS bytes, CPU ticks)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit(") ").next()?.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    Some((kb * 1024, ticks))
+}
+
+fn percentile(hist: &[u64], p: f64) -> f64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let want = (total as f64 * p).ceil() as u64;
+    let mut seen = 0;
+    for (i, c) in hist.iter().enumerate() {
+        seen += c;
+        if seen >= want {
+            return ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
+        }
+    }
+    f64::NAN
+}
+
+async fn start_server(kind: Kind, port: u16) -> Result<Child> {
+    let mut cmd = match kind {
+        Kind::Ferry => {
+            let bin = std::env::var("FERRY_SIGNALING_BIN").context("FERRY_SIGNALING_BIN")?;
+            let mut c = Command::new(bin);
+            c.args(["--listen", &format!("127.0.0.1:{port}")])
+                // Load-test settings: the limits are for abuse, not for a benchmark.
+                .args(["--connections-per-ip-per-min", "0"])
+                .args(["--messages-per-sec", "100000", "--message-burst", "100000"])
+                .args(["--max-rooms", "1000000"])
+                .env("FERRY_LOG", "warn");
+            c
+        }
+        Kind::Peerjs => {
+            let dir = std::env::var("FERRY_PEERSERVER_DIR").context("FERRY_PEERSERVER_DIR")?;
+            let mut c = Command::new("node");
+            c.arg(format!("{dir}/peerserver.js")).arg(port.to_string());
+            c
+        }
+    };
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the server")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("server did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let it settle before its baseline memory is read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(child)
+}
+
+/// One sending phase across all workers; the merged figures.
+async fn phase(
+    workers: &mut [Worker],
+    kind: Kind,
+    pid: u32,
+    name: &str,
+    total_rate: u64,
+    secs: u64,
+) -> Result<Value> {
+    let (_, t0) = proc_stat(pid).context("server stats")?;
+    let n = workers.len() as u64;
+    for w in workers.iter_mut() {
+        w.say(&format!("send {} {secs}", total_rate / n)).await?;
+    }
+    let mut hist = vec![0u64; BUCKETS];
+    let (mut sent, mut received, mut errors, mut took) = (0u64, 0u64, 0u64, 0f64);
+    for w in workers.iter_mut() {
+        let r: Value =
+            serde_json::from_str(&w.expect("result", Duration::from_secs(secs + 60)).await?)?;
+        sent += r["sent"].as_u64().unwrap_or(0);
+        received += r["received"].as_u64().unwrap_or(0);
+        errors += r["errors"].as_u64().unwrap_or(0);
+        took = took.max(r["secs"].as_f64().unwrap_or(0.0));
+        for pair in r["hist"].as_array().into_iter().flatten() {
+            let b = pair[0].as_u64().unwrap_or(0) as usize;
+            hist[b.min(BUCKETS - 1)] += pair[1].as_u64().unwrap_or(0);
+        }
+    }
+    let (_, t1) = proc_stat(pid).context("server stats")?;
+    let cpu = (t1 - t0) as f64 / 100.0 / took.max(0.001);
+    let out = json!({
+        "sent": sent,
+        "received": received,
+        "lost": sent.saturating_sub(received),
+        "errors": errors,
+        "relayed_per_s": (received as f64 / took.max(0.001)).round(),
+        "p50_ms": (percentile(&hist, 0.5) * 1000.0).round() / 1000.0,
+        "p99_ms": (percentile(&hist, 0.99) * 1000.0).round() / 1000.0,
+        "server_cpu": (cpu * 100.0).round() / 100.0,
+    });
+    println!("{kind:?} {name}: {out}");
+    Ok(out)
+}
+
+/// The closed-loop phase: the relayed rate the server sustains.
+async fn blast_phase(workers: &mut [Worker], kind: Kind, pid: u32, secs: u64) -> Result<Value> {
+    let (_, t0) = proc_stat(pid).context("server stats")?;
+    for w in workers.iter_mut() {
+        w.say(&format!("blast 4 {secs}")).await?;
+    }
+    let (mut received, mut took, mut in_flight) = (0u64, 0f64, 0u64);
+    for w in workers.iter_mut() {
+        let r: Value =
+            serde_json::from_str(&w.expect("result", Duration::from_secs(secs + 60)).await?)?;
+        received += r["received"].as_u64().unwrap_or(0);
+        took = took.max(r["secs"].as_f64().unwrap_or(0.0));
+        in_flight += r["in_flight"].as_u64().unwrap_or(0);
+    }
+    let (_, t1) = proc_stat(pid).context("server stats")?;
+    let out = json!({
+        "relayed_per_s": (received as f64 / took.max(0.001)).round(),
+        "in_flight": in_flight,
+        "server_cpu": (((t1 - t0) as f64 / 100.0 / took.max(0.001)) * 100.0).round() / 100.0,
+    });
+    println!("{kind:?} blast: {out}");
+    Ok(out)
+}
+
+async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result<Value> {
+    let port = ferry_e2e::free_port()?;
+    let server = start_server(kind, port).await?;
+    let pid = server.id().context("no pid")?;
+    let (rss0, c0) = proc_stat(pid).context("server stats")?;
+    let per_worker_pairs = 4_500;
+    let pairs = connections / 2;
+    let me = std::env::current_exe()?;
+    let mut workers = Vec::new();
+    let started = Instant::now();
+    let mut left = pairs;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(per_worker_pairs);
+        let mut child = Command::new(&me)
+            .args([
+                "worker",
+                "--kind",
+                if kind == Kind::Ferry {
+                    "ferry"
+                } else {
+                    "peerjs"
+                },
+            ])
+            .args(["--port", &port.to_string(), "--pairs", &n.to_string()])
+            .args([
+                "--src-ip",
+                &format!("127.0.0.{}", 2 + i),
+                "--prefix",
+                &format!("w{i}"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        workers.push(Worker { child, lines });
+        left -= n;
+        i += 1;
+    }
+    let mut held = 0usize;
+    for w in &mut workers {
+        held += w
+            .expect("ready", Duration::from_secs(300))
+            .await?
+            .parse::<usize>()?;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss1, c1) = proc_stat(pid).context("server stats")?;
+    let per_conn = (rss1.saturating_sub(rss0)) as f64 / held.max(1) as f64;
+    let connect_cpu = (c1 - c0) as f64 / 100.0;
+    println!(
+        "{kind:?}: {held} connections in {connect_secs:.1} s (server CPU {connect_cpu:.1} s); server RSS {:.1} MB -> {:.1} MB, {:.2} KiB per connection",
+        rss0 as f64 / 1e6,
+        rss1 as f64 / 1e6,
+        per_conn / 1024.0
+    );
+    let steady = phase(&mut workers, kind, pid, "rate", rate, secs).await?;
+    let blast = blast_phase(&mut workers, kind, pid, secs).await?;
+    for w in &mut workers {
+        let _ = w.say("quit").await;
+    }
+    drop(server);
+    Ok(json!({
+        "connections": held,
+        "connect_secs": (connect_secs * 10.0).round() / 10.0,
+        "connect_server_cpu_s": (connect_cpu * 100.0).round() / 100.0,
+        "rss_per_conn_kib": (per_conn / 1024.0 * 100.0).round() / 100.0,
+        "rate": steady,
+        "blast": blast,
+    }))
+}
+
+async fn bench(connections: usize, rate: u64, secs: u64) -> Result<()> {
+    let ours = run_one(Kind::Ferry, connections, rate, secs).await?;
+    let theirs = run_one(Kind::Peerjs, connections, rate, secs).await?;
+    let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
+    let f = |v: &Value, path: &[&str]| {
+        path.iter()
+            .fold(v, |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{}",
+        json!({
+            "bench": "signaling",
+            "connections": connections,
+            "rate_per_s": rate,
+            "ours": ours,
+            "peerserver": theirs,
+            "rss_per_conn_ratio": ratio(f(&ours, &["rss_per_conn_kib"]), f(&theirs, &["rss_per_conn_kib"])),
+            "max_rate_ratio": ratio(f(&ours, &["blast", "relayed_per_s"]), f(&theirs, &["blast", "relayed_per_s"])),
+            "p99_ratio": ratio(f(&ours, &["rate", "p99_ms"]), f(&theirs, &["rate", "p99_ms"])),
+        })
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse() {
+        Cli::Bench {
+            connections,
+            rate,
+            secs,
+            only_ours,
+        } => {
+            if only_ours {
+                let ours = run_one(Kind::Ferry, connections, rate, secs).await?;
+                println!("{}", json!({"bench": "signaling", "ours": ours}));
+                Ok(())
+            } else {
+                bench(connections, rate, secs).await
+            }
+        }
+        Cli::Worker {
+            kind,
+            port,
+            pairs,
+            src_ip,
+            prefix,
+        } => worker(kind, port, pairs, src_ip, prefix).await,
+    }
+}
