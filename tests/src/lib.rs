@@ -338,23 +338,33 @@ pub fn cpu_seconds(profile: &std::path::Path) -> std::collections::BTreeMap<Stri
     out
 }
 
+/// Resident memory of a process, in bytes.
+pub fn process_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU time a process has used so far (user and system), in seconds.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(clock_ticks(&stat)? as f64 / 100.0)
+}
+
 /// Resident memory of this page's renderer processes, in bytes (the largest
 /// one: the page's own renderer).
 pub fn renderer_rss(profile: &std::path::Path) -> Option<u64> {
     chromium_processes(profile)
         .into_iter()
         .filter(|(_, kind)| kind == "renderer")
-        .filter_map(|(pid, _)| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let kb = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()?;
-            Some(kb * 1024)
-        })
+        .filter_map(|(pid, _)| process_rss(pid))
         .max()
 }
 

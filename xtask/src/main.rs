@@ -313,19 +313,17 @@ fn test(only: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds what every benchmark runs: the wasm, a release server and `ferry-bench`.
+/// Builds a release server and the benchmark binary `bin` of `ferry-e2e`.
+fn build_release_tools(bin: &str) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
+    run(cargo().args(["build", "--release", "-p", "ferry-e2e", "--bin", bin]))
+}
+
+/// Builds what the browser benchmarks run: the wasm, a release server and `ferry-bench`.
 fn build_bench() -> Result<()> {
     ensure_browser()?;
     build_wasm()?;
-    run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "ferry-e2e",
-        "--bin",
-        "ferry-bench",
-    ]))
+    build_release_tools("ferry-bench")
 }
 
 fn bench(name: &str, args: &[String]) -> Result<()> {
@@ -358,15 +356,7 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
             run(&mut in_loopback_namespace(&mut cmd))
         }
         "signaling" => {
-            run(cargo().args(["build", "--release", "-p", "ferry-signaling"]))?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "ferry-e2e",
-                "--bin",
-                "ferry-loadgen",
-            ]))?;
+            build_release_tools("ferry-loadgen")?;
             // The baseline: PeerServer from npm, as pinned in its lockfile.
             let peerserver = root().join("bench/peerserver");
             if !on_path("node") || !on_path("npm") {

@@ -694,6 +694,12 @@ impl TransferEngine {
         self.incoming.get(id).map(|t| t.files.as_slice())
     }
 
+    /// The sender's chunk size of a transfer we receive, which its have-maps
+    /// count in.
+    pub fn chunk_size(&self, id: &TransferId) -> Option<u32> {
+        self.incoming.get(id).map(|t| t.chunk_size)
+    }
+
     /// The manifest hash of a transfer we receive, which identifies its content.
     pub fn manifest_hash(&self, id: &TransferId) -> Option<[u8; 32]> {
         self.incoming.get(id).map(|t| t.manifest_hash)

@@ -365,20 +365,12 @@ impl Worker {
     }
 }
 
-fn proc_stat(pid: u32) -> Option<(u64, u64)> {
-    // (RSS bytes, CPU ticks)
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = stat.rsplit(") ").next()?.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()?;
-    Some((kb * 1024, ticks))
+/// A server process's (RSS bytes, CPU seconds so far).
+fn proc_stat(pid: u32) -> Option<(u64, f64)> {
+    Some((
+        ferry_e2e::process_rss(pid)?,
+        ferry_e2e::process_cpu_seconds(pid)?,
+    ))
 }
 
 fn percentile(hist: &[u64], p: f64) -> f64 {
@@ -466,7 +458,7 @@ async fn phase(
         }
     }
     let (_, t1) = proc_stat(pid).context("server stats")?;
-    let cpu = (t1 - t0) as f64 / 100.0 / took.max(0.001);
+    let cpu = (t1 - t0) / took.max(0.001);
     let out = json!({
         "sent": sent,
         "received": received,
@@ -499,7 +491,7 @@ async fn blast_phase(workers: &mut [Worker], kind: Kind, pid: u32, secs: u64) ->
     let out = json!({
         "relayed_per_s": (received as f64 / took.max(0.001)).round(),
         "in_flight": in_flight,
-        "server_cpu": (((t1 - t0) as f64 / 100.0 / took.max(0.001)) * 100.0).round() / 100.0,
+        "server_cpu": (((t1 - t0) / took.max(0.001)) * 100.0).round() / 100.0,
     });
     println!("{kind:?} blast: {out}");
     Ok(out)
@@ -556,7 +548,7 @@ async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, c1) = proc_stat(pid).context("server stats")?;
     let per_conn = (rss1.saturating_sub(rss0)) as f64 / held.max(1) as f64;
-    let connect_cpu = (c1 - c0) as f64 / 100.0;
+    let connect_cpu = c1 - c0;
     println!(
         "{kind:?}: {held} connections in {connect_secs:.1} s (server CPU {connect_cpu:.1} s); server RSS {:.1} MB -> {:.1} MB, {:.2} KiB per connection",
         rss0 as f64 / 1e6,

@@ -1,0 +1,371 @@
+//! One WebRTC connection to one remote peer, on the webrtc crate.
+//!
+//! The engine's [`PeerCommand`]s are carried out in order by one task per
+//! connection, so description changes never overlap (the engine issues one at
+//! a time and waits for its completion event). Data-channel sends go through
+//! a second queue drained by their own task, which awaits the channel's send
+//! buffer limit: that is the pacing, and it keeps sends from waiting behind a
+//! negotiation. Callbacks from the webrtc crate only forward events: its
+//! driver waits on them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_core::{CHANNEL_LABEL, PeerCommand, PeerEvent, SdpKind, TransportState};
+use ferry_protocol::{IceServer, PeerId};
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+use crate::Error;
+use crate::driver::Input;
+use crate::runtime::BufferedRuntime;
+
+/// Network tuning of native peer connections.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Local UDP addresses to bind. `0.0.0.0:0` means every non-loopback
+    /// interface; loopback must be named explicitly.
+    pub udp_addrs: Vec<String>,
+    /// Delay between ICE connectivity checks (the webrtc crate's default is
+    /// 200 ms).
+    pub ice_check_interval: Duration,
+    /// Largest data-channel message this side accepts and advertises.
+    pub max_message: u32,
+    /// Outstanding bytes per data channel above which sends wait.
+    pub send_buffer: usize,
+    /// Connect only through TURN relays.
+    pub relay_only: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            udp_addrs: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
+            ice_check_interval: Duration::from_millis(20),
+            max_message: 256 * 1024,
+            send_buffer: 8 * 1024 * 1024,
+            relay_only: false,
+        }
+    }
+}
+
+/// What the send task puts on the data channel.
+enum Outgoing {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// The driver's handle on one peer connection.
+pub(crate) struct PeerLink {
+    commands: mpsc::UnboundedSender<PeerCommand>,
+    generation: u32,
+}
+
+impl PeerLink {
+    /// Starts building a connection; commands queue until it exists.
+    pub(crate) fn start(
+        peer: PeerId,
+        generation: u32,
+        open_channel: bool,
+        ice_servers: Vec<IceServer>,
+        net: NetConfig,
+        inputs: mpsc::UnboundedSender<Input>,
+    ) -> Self {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let feed = Feed {
+            peer,
+            generation,
+            inputs,
+        };
+        tokio::spawn(run(feed, open_channel, ice_servers, net, rx));
+        Self {
+            commands,
+            generation,
+        }
+    }
+
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub(crate) fn perform(&self, command: PeerCommand) {
+        let _ = self.commands.send(command);
+    }
+}
+
+/// Sends this connection's events to the driver, tagged with its generation.
+#[derive(Clone)]
+struct Feed {
+    peer: PeerId,
+    generation: u32,
+    inputs: mpsc::UnboundedSender<Input>,
+}
+
+impl Feed {
+    fn send(&self, event: PeerEvent) {
+        let _ = self.inputs.send(Input::Peer {
+            peer: self.peer.clone(),
+            generation: self.generation,
+            event,
+        });
+    }
+}
+
+/// The send queue of the data channel, whoever creates it.
+struct ChannelSlot {
+    queue: mpsc::UnboundedSender<Outgoing>,
+    pending: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+    channel: Mutex<Option<Arc<dyn DataChannel>>>,
+}
+
+struct Handler {
+    feed: Feed,
+    slot: Arc<ChannelSlot>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(c) => self.feed.send(PeerEvent::IceCandidate {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_m_line_index: c.sdp_mline_index,
+            }),
+            Err(e) => tracing::debug!("unusable local candidate: {e}"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.feed.send(PeerEvent::EndOfCandidates);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let state = match state {
+            RTCPeerConnectionState::Connected => TransportState::Connected,
+            RTCPeerConnectionState::Disconnected => TransportState::Disconnected,
+            RTCPeerConnectionState::Failed => TransportState::Failed,
+            RTCPeerConnectionState::Closed => TransportState::Closed,
+            _ => TransportState::Connecting,
+        };
+        tracing::debug!(peer = %self.feed.peer, ?state, "connection state");
+        self.feed.send(PeerEvent::ConnectionState(state));
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        match channel.label().await {
+            Ok(label) if label == CHANNEL_LABEL => attach(channel, &self.slot, &self.feed),
+            Ok(label) => tracing::debug!("ignoring data channel {label:?}"),
+            Err(e) => tracing::debug!("data channel vanished: {e}"),
+        }
+    }
+}
+
+/// Starts the receive and send tasks of the engine's data channel.
+fn attach(channel: Arc<dyn DataChannel>, slot: &Arc<ChannelSlot>, feed: &Feed) {
+    let Some(mut queue) = slot.pending.lock().ok().and_then(|mut p| p.take()) else {
+        tracing::debug!("a second engine channel was ignored");
+        return;
+    };
+    if let Ok(mut c) = slot.channel.lock() {
+        *c = Some(channel.clone());
+    }
+    let (rx_channel, feed) = (channel.clone(), feed.clone());
+    tokio::spawn(async move {
+        while let Some(event) = rx_channel.poll().await {
+            match event {
+                DataChannelEvent::OnOpen => feed.send(PeerEvent::ChannelOpen),
+                DataChannelEvent::OnMessage(msg) => {
+                    if msg.is_string {
+                        match String::from_utf8(msg.data.to_vec()) {
+                            Ok(text) => feed.send(PeerEvent::Text(text)),
+                            Err(_) => tracing::debug!("dropped a text frame that is not UTF-8"),
+                        }
+                    } else {
+                        feed.send(PeerEvent::Binary(msg.data.to_vec()));
+                    }
+                }
+                DataChannelEvent::OnClose => break,
+                _ => {}
+            }
+        }
+        feed.send(PeerEvent::ChannelClosed);
+    });
+    tokio::spawn(async move {
+        while let Some(out) = queue.recv().await {
+            let sent = match out {
+                Outgoing::Text(text) => channel.send_text(&text).await,
+                Outgoing::Binary(data) => channel.send(BytesMut::from(&data[..])).await,
+            };
+            if let Err(e) = sent {
+                tracing::debug!("data channel send failed: {e}");
+                break;
+            }
+        }
+    });
+}
+
+async fn build(
+    feed: &Feed,
+    slot: &Arc<ChannelSlot>,
+    ice_servers: Vec<IceServer>,
+    net: &NetConfig,
+) -> Result<Arc<dyn PeerConnection>, Error> {
+    let servers = ice_servers
+        .into_iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls,
+            username: s.username.unwrap_or_default(),
+            credential: s.credential.unwrap_or_default(),
+        })
+        .collect();
+    let mut config = RTCConfigurationBuilder::new().with_ice_servers(servers);
+    if net.relay_only {
+        config =
+            config.with_ice_transport_policy(webrtc::peer_connection::RTCIceTransportPolicy::Relay);
+    }
+    let settings = SettingEngineBuilder::new()
+        .with_ice_connection_attempts(Some(net.ice_check_interval), None)
+        .with_include_loopback_candidate(true)
+        .with_sctp_max_message_size(
+            rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize::Bounded(
+                net.max_message,
+            ),
+        )
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(config.build())
+        .with_setting_engine(settings)
+        .with_runtime(Arc::new(BufferedRuntime))
+        .with_handler(Arc::new(Handler {
+            feed: feed.clone(),
+            slot: slot.clone(),
+        }))
+        .with_udp_addrs(net.udp_addrs.clone())
+        .with_data_channel_send_buffer_limit(net.send_buffer)
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+async fn run(
+    feed: Feed,
+    open_channel: bool,
+    ice_servers: Vec<IceServer>,
+    net: NetConfig,
+    mut commands: mpsc::UnboundedReceiver<PeerCommand>,
+) {
+    let (queue, pending) = mpsc::unbounded_channel();
+    let slot = Arc::new(ChannelSlot {
+        queue,
+        pending: Mutex::new(Some(pending)),
+        channel: Mutex::new(None),
+    });
+    let pc = match build(&feed, &slot, ice_servers, &net).await {
+        Ok(pc) => pc,
+        Err(e) => {
+            tracing::warn!("cannot create a peer connection: {e}");
+            feed.send(PeerEvent::ConnectionState(TransportState::Failed));
+            return;
+        }
+    };
+    if open_channel {
+        let init = RTCDataChannelInit {
+            ordered: true,
+            ..Default::default()
+        };
+        match pc.create_data_channel(CHANNEL_LABEL, Some(init)).await {
+            Ok(channel) => attach(channel, &slot, &feed),
+            Err(e) => {
+                tracing::warn!("cannot create the data channel: {e}");
+                feed.send(PeerEvent::ConnectionState(TransportState::Failed));
+            }
+        }
+    }
+    while let Some(command) = commands.recv().await {
+        match command {
+            PeerCommand::SendText(text) => {
+                let _ = slot.queue.send(Outgoing::Text(text));
+            }
+            PeerCommand::SendBinary(frame) => {
+                let _ = slot.queue.send(Outgoing::Binary(frame));
+            }
+            PeerCommand::AddCandidate {
+                candidate,
+                sdp_mid,
+                sdp_m_line_index,
+            } => {
+                let init = RTCIceCandidateInit {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index: sdp_m_line_index,
+                    ..Default::default()
+                };
+                // Candidates for a rolled-back description fail harmlessly.
+                if let Err(e) = pc.add_ice_candidate(init).await {
+                    tracing::debug!("remote candidate not added: {e}");
+                }
+            }
+            PeerCommand::Close => break,
+            command => {
+                let event = negotiate(pc.as_ref(), command)
+                    .await
+                    .unwrap_or_else(|e| PeerEvent::OperationFailed(e.to_string()));
+                feed.send(event);
+            }
+        }
+    }
+    if let Some(c) = slot.channel.lock().ok().and_then(|mut c| c.take()) {
+        let _ = c.close().await;
+    }
+    let _ = pc.close().await;
+}
+
+async fn negotiate(pc: &dyn PeerConnection, command: PeerCommand) -> Result<PeerEvent, Error> {
+    match command {
+        PeerCommand::CreateOffer { ice_restart } => {
+            if ice_restart {
+                pc.restart_ice().await?;
+            }
+            let offer = pc.create_offer(None).await?;
+            let sdp = offer.sdp.clone();
+            pc.set_local_description(offer).await?;
+            Ok(PeerEvent::LocalDescription {
+                kind: SdpKind::Offer,
+                sdp,
+            })
+        }
+        PeerCommand::AcceptOffer { sdp } => {
+            // Perfect negotiation: a polite peer's own offer yields.
+            if pc.pending_local_description().await.is_some() {
+                pc.set_local_description(RTCSessionDescription::rollback(None)?)
+                    .await?;
+            }
+            pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
+                .await?;
+            let answer = pc.create_answer(None).await?;
+            let sdp = answer.sdp.clone();
+            pc.set_local_description(answer).await?;
+            Ok(PeerEvent::LocalDescription {
+                kind: SdpKind::Answer,
+                sdp,
+            })
+        }
+        PeerCommand::ApplyAnswer { sdp } => {
+            pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
+                .await?;
+            Ok(PeerEvent::RemoteDescriptionSet)
+        }
+        other => Err(Error::Internal(format!(
+            "not a negotiation command: {other:?}"
+        ))),
+    }
+}
