@@ -22,6 +22,9 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
+
 use crate::Error;
 use crate::driver::Input;
 use crate::runtime::BufferedRuntime;
@@ -219,7 +222,7 @@ async fn build(
     ice_servers: Vec<IceServer>,
     net: &NetConfig,
 ) -> Result<Arc<dyn PeerConnection>, Error> {
-    let servers = ice_servers
+    let servers: Vec<RTCIceServer> = ice_servers
         .into_iter()
         .map(|s| RTCIceServer {
             urls: s.urls,
@@ -227,33 +230,46 @@ async fn build(
             credential: s.credential.unwrap_or_default(),
         })
         .collect();
-    let mut config = RTCConfigurationBuilder::new().with_ice_servers(servers);
-    if net.relay_only {
-        config =
-            config.with_ice_transport_policy(webrtc::peer_connection::RTCIceTransportPolicy::Relay);
-    }
-    let settings = SettingEngineBuilder::new()
-        .with_ice_connection_attempts(Some(net.ice_check_interval), None)
-        .with_include_loopback_candidate(true)
-        .with_sctp_max_message_size(
-            rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize::Bounded(
-                net.max_message,
-            ),
-        )
-        .build();
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(config.build())
-        .with_setting_engine(settings)
-        .with_runtime(Arc::new(BufferedRuntime))
-        .with_handler(Arc::new(Handler {
-            feed: feed.clone(),
-            slot: slot.clone(),
-        }))
-        .with_udp_addrs(net.udp_addrs.clone())
-        .with_data_channel_send_buffer_limit(net.send_buffer)
+    let configuration = || {
+        let config = RTCConfigurationBuilder::new().with_ice_servers(servers.clone());
+        if net.relay_only {
+            config.with_ice_transport_policy(webrtc::peer_connection::RTCIceTransportPolicy::Relay)
+        } else {
+            config
+        }
         .build()
-        .await?;
-    Ok(Arc::new(pc))
+    };
+    // Resolving browsers' `.local` candidates needs a multicast socket, which
+    // a host without a multicast route cannot open: then go without.
+    let mut last = None;
+    for mdns in [MulticastDnsMode::QueryOnly, MulticastDnsMode::Disabled] {
+        let settings = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(net.ice_check_interval), None)
+            .with_include_loopback_candidate(true)
+            .with_multicast_dns_mode(mdns)
+            .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(net.max_message))
+            .build();
+        let built = PeerConnectionBuilder::new()
+            .with_configuration(configuration())
+            .with_setting_engine(settings)
+            .with_runtime(Arc::new(BufferedRuntime))
+            .with_handler(Arc::new(Handler {
+                feed: feed.clone(),
+                slot: slot.clone(),
+            }))
+            .with_udp_addrs(net.udp_addrs.clone())
+            .with_data_channel_send_buffer_limit(net.send_buffer)
+            .build()
+            .await;
+        match built {
+            Ok(pc) => return Ok(Arc::new(pc)),
+            Err(e) => {
+                tracing::debug!(?mdns, "peer connection not built: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.map_or_else(|| Error::Internal("no peer connection".into()), Error::from))
 }
 
 async fn run(
