@@ -66,6 +66,7 @@ enum Command {
     Decline(String, String),
     Cancel(String, String),
     Name(PeerId, oneshot::Sender<Option<String>>),
+    Close(oneshot::Sender<()>),
 }
 
 /// What a [`Node`] reports to the application.
@@ -129,6 +130,7 @@ impl Node {
             ws: None,
             ws_generation: 0,
             peers: HashMap::new(),
+            closing: Vec::new(),
             peer_generation: 0,
             sources: HashMap::new(),
             downloads: HashMap::new(),
@@ -199,6 +201,15 @@ impl Node {
             .send(Command::Cancel(id.to_owned(), reason.to_owned()));
     }
 
+    /// Leaves the room: saves progress, lets queued frames go out, closes
+    /// every connection (within a few seconds), then stops.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// The display name of a room member.
     pub async fn member_name(&self, peer: &PeerId) -> Option<String> {
         let (tx, rx) = oneshot::channel();
@@ -217,11 +228,16 @@ struct Driver {
     ws: Option<mpsc::UnboundedSender<String>>,
     ws_generation: u32,
     peers: HashMap<PeerId, PeerLink>,
+    /// Connections closing; waited for on shutdown so their last frames leave.
+    closing: Vec<PeerLink>,
     peer_generation: u32,
     sources: HashMap<TransferId, Vec<Arc<std::fs::File>>>,
     downloads: HashMap<TransferId, Arc<Download>>,
     last_save: HashMap<TransferId, Instant>,
 }
+
+/// How long closing waits for queued frames to leave.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// How often a download's progress is saved while it runs.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -236,6 +252,7 @@ impl Driver {
         mut inputs: mpsc::UnboundedReceiver<Input>,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) {
+        let mut closed = None;
         loop {
             self.pump();
             let deadline = self
@@ -254,6 +271,10 @@ impl Driver {
                     None => break,
                 },
                 command = commands.recv() => match command {
+                    Some(Command::Close(reply)) => {
+                        closed = Some(reply);
+                        break;
+                    }
                     Some(command) => self.on_command(command),
                     None => break,
                 },
@@ -264,13 +285,20 @@ impl Driver {
             }
         }
         self.save_all();
+        // Last frames (a final acknowledgement, a cancel) go out before the
+        // server tells the others that we left.
+        futures_util::future::join_all(self.peers.values().map(|l| l.flush(CLOSE_GRACE))).await;
         self.session.leave();
         self.pump();
-        for (_, link) in self.peers.drain() {
-            link.perform(PeerCommand::Close);
+        let mut links: Vec<PeerLink> = self.peers.drain().map(|(_, l)| l).collect();
+        links.append(&mut self.closing);
+        futures_util::future::join_all(links.into_iter().map(|l| l.close(CLOSE_GRACE))).await;
+        // The leave frame goes out with the socket's close.
+        self.ws = None;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(reply) = closed {
+            let _ = reply.send(());
         }
-        // Let the leave frame and the closes go out.
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     fn on_input(&mut self, input: Input) {
@@ -409,6 +437,9 @@ impl Driver {
             Command::Name(peer, reply) => {
                 let _ = reply.send(self.session.member_name(&peer).map(str::to_owned));
             }
+            Command::Close(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -496,7 +527,7 @@ impl Driver {
         match command {
             PeerCommand::Create { open_channel, .. } => {
                 if let Some(old) = self.peers.remove(&peer) {
-                    old.perform(PeerCommand::Close);
+                    self.retire(old);
                 }
                 self.peer_generation += 1;
                 let link = PeerLink::start(
@@ -511,7 +542,7 @@ impl Driver {
             }
             PeerCommand::Close => {
                 if let Some(link) = self.peers.remove(&peer) {
-                    link.perform(PeerCommand::Close);
+                    self.retire(link);
                 }
             }
             command => {
@@ -520,6 +551,12 @@ impl Driver {
                 }
             }
         }
+    }
+
+    fn retire(&mut self, link: PeerLink) {
+        link.start_close();
+        self.closing.retain_mut(|l| !l.is_closed());
+        self.closing.push(link);
     }
 
     fn connect_server(&mut self) {

@@ -262,98 +262,105 @@ async fn send(common: Common, paths: Vec<PathBuf>, room: Option<String>) -> Resu
     println!("Waiting for the receiver…");
 
     let (node, mut events) = start(&common, &server, room);
-    let mut offered: Vec<PeerId> = Vec::new();
-    let mut pb: Option<ProgressBar> = None;
-    let mut ours: Vec<String> = Vec::new();
-    loop {
-        let event = tokio::select! {
-            e = events.recv() => e,
-            _ = tokio::signal::ctrl_c() => {
-                for id in &ours { node.cancel(id, "the sender stopped"); }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                return Ok(exit::INTERRUPTED);
-            }
-        };
-        let Some(NodeEvent::Engine(event)) = event else {
-            if event.is_none() {
-                return Ok(exit::FAILED);
-            }
-            continue;
-        };
-        match event {
-            Event::PeerState {
-                peer_id,
-                state: LinkState::Connected,
-            } if !offered.contains(&peer_id) => {
-                let who = node.member_name(&peer_id).await.unwrap_or_default();
-                match node.offer(&peer_id, files.clone()).await {
-                    Ok(id) => {
-                        offered.push(peer_id);
-                        ours.push(id);
-                        say(
-                            pb.as_ref(),
-                            &format!("Offered to {}; waiting for them to accept…", display(&who)),
-                        );
-                    }
-                    Err(e) => say(
-                        pb.as_ref(),
-                        &format!("Could not offer to {}: {e}", display(&who)),
-                    ),
+    let outcome: Result<u8> = async {
+        let mut offered: Vec<PeerId> = Vec::new();
+        let mut pb: Option<ProgressBar> = None;
+        let mut ours: Vec<String> = Vec::new();
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = tokio::signal::ctrl_c() => {
+                    for id in &ours { node.cancel(id, "the sender stopped"); }
+                    return Ok(exit::INTERRUPTED);
                 }
-            }
-            Event::ServerError { code, message } => {
-                if let Some(c) = server_error(code, &message) {
-                    return Ok(c);
-                }
-            }
-            Event::Transfer { event } => match event {
-                TransferEvent::Accepted { id } if ours.contains(&id) => {
-                    let p = bar(total, "sending");
-                    say(Some(&p), "Accepted; sending.");
-                    pb = Some(p);
-                }
-                TransferEvent::Progress { id, done_bytes, .. } if ours.contains(&id) => {
-                    if let Some(p) = &pb {
-                        p.set_position(done_bytes);
-                    }
-                }
-                TransferEvent::Completed { id } if ours.contains(&id) => {
-                    if let Some(p) = pb.take() {
-                        p.finish_and_clear();
-                    }
-                    println!("Done: the receiver verified every file (BLAKE3).");
-                    return Ok(exit::OK);
-                }
-                TransferEvent::Declined { id, reason } if ours.contains(&id) => {
-                    println!("The receiver declined: {reason}");
-                    return Ok(exit::REFUSED_BY_PEER);
-                }
-                TransferEvent::Cancelled {
-                    id,
-                    by_peer,
-                    reason,
-                } if ours.contains(&id) => {
-                    println!(
-                        "Cancelled{}: {reason}",
-                        if by_peer { " by the receiver" } else { "" }
-                    );
-                    return Ok(exit::REFUSED_BY_PEER);
-                }
-                TransferEvent::Interrupted { id, reason } if ours.contains(&id) => {
-                    say(
-                        pb.as_ref(),
-                        &format!("Interrupted: {reason}. Waiting for the receiver…"),
-                    );
-                }
-                TransferEvent::Failed { id, reason } if ours.contains(&id) => {
-                    println!("Failed: {reason}");
+            };
+            let Some(NodeEvent::Engine(event)) = event else {
+                if event.is_none() {
                     return Ok(exit::FAILED);
                 }
+                continue;
+            };
+            match event {
+                Event::PeerState {
+                    peer_id,
+                    state: LinkState::Connected,
+                } if !offered.contains(&peer_id) => {
+                    let who = node.member_name(&peer_id).await.unwrap_or_default();
+                    match node.offer(&peer_id, files.clone()).await {
+                        Ok(id) => {
+                            offered.push(peer_id);
+                            ours.push(id);
+                            say(
+                                pb.as_ref(),
+                                &format!(
+                                    "Offered to {}; waiting for them to accept…",
+                                    display(&who)
+                                ),
+                            );
+                        }
+                        Err(e) => say(
+                            pb.as_ref(),
+                            &format!("Could not offer to {}: {e}", display(&who)),
+                        ),
+                    }
+                }
+                Event::ServerError { code, message } => {
+                    if let Some(c) = server_error(code, &message) {
+                        return Ok(c);
+                    }
+                }
+                Event::Transfer { event } => match event {
+                    TransferEvent::Accepted { id } if ours.contains(&id) => {
+                        let p = bar(total, "sending");
+                        say(Some(&p), "Accepted; sending.");
+                        pb = Some(p);
+                    }
+                    TransferEvent::Progress { id, done_bytes, .. } if ours.contains(&id) => {
+                        if let Some(p) = &pb {
+                            p.set_position(done_bytes);
+                        }
+                    }
+                    TransferEvent::Completed { id } if ours.contains(&id) => {
+                        if let Some(p) = pb.take() {
+                            p.finish_and_clear();
+                        }
+                        println!("Done: the receiver verified every file (BLAKE3).");
+                        return Ok(exit::OK);
+                    }
+                    TransferEvent::Declined { id, reason } if ours.contains(&id) => {
+                        println!("The receiver declined: {reason}");
+                        return Ok(exit::REFUSED_BY_PEER);
+                    }
+                    TransferEvent::Cancelled {
+                        id,
+                        by_peer,
+                        reason,
+                    } if ours.contains(&id) => {
+                        println!(
+                            "Cancelled{}: {reason}",
+                            if by_peer { " by the receiver" } else { "" }
+                        );
+                        return Ok(exit::REFUSED_BY_PEER);
+                    }
+                    TransferEvent::Interrupted { id, reason } if ours.contains(&id) => {
+                        say(
+                            pb.as_ref(),
+                            &format!("Interrupted: {reason}. Waiting for the receiver…"),
+                        );
+                    }
+                    TransferEvent::Failed { id, reason } if ours.contains(&id) => {
+                        println!("Failed: {reason}");
+                        return Ok(exit::FAILED);
+                    }
+                    _ => {}
+                },
                 _ => {}
-            },
-            _ => {}
+            }
         }
     }
+    .await;
+    node.close().await;
+    outcome
 }
 
 fn display(name: &str) -> String {
@@ -391,6 +398,7 @@ async fn receive(
         .with_context(|| format!("opening {}", dir.display()))?;
     println!("Joining {room}…");
     let (node, mut events) = start(&common, &server, room);
+    let outcome: Result<u8> = async {
     let mut current: Option<String> = None;
     let mut pb: Option<ProgressBar> = None;
     let mut saved = 0usize;
@@ -400,9 +408,6 @@ async fn receive(
             _ = tokio::signal::ctrl_c() => {
                 if let Some(p) = pb.take() { p.abandon(); }
                 println!("Stopped; run the same command again to resume.");
-                drop(node);
-                // Let the run loop save progress and leave.
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 return Ok(exit::INTERRUPTED);
             }
         };
@@ -462,7 +467,6 @@ async fn receive(
                         Err(e) => {
                             println!("Refused: {e}");
                             node.decline(&id, &format!("the receiver refused: {e}"));
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                             return Ok(exit::UNSAFE);
                         }
                     };
@@ -474,7 +478,6 @@ async fn receive(
                     }
                     if !yes && !ask_yes_no(format!("Save into {}?", dir.display())).await {
                         node.decline(&id, "the receiver declined");
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                         println!("Declined.");
                         return Ok(exit::REFUSED_BY_PEER);
                     }
@@ -536,11 +539,16 @@ async fn receive(
             _ => {}
         }
     }
+    }
+    .await;
+    node.close().await;
+    outcome
 }
 
 async fn chat(common: Common, code: String) -> Result<u8> {
     let (server, room) = parse_code(&code, &common.server)?;
     let (node, mut events) = start(&common, &server, room.clone());
+    let outcome: Result<u8> = async {
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {
@@ -559,8 +567,6 @@ async fn chat(common: Common, code: String) -> Result<u8> {
                 },
                 Some(_) => {}
                 None => {
-                    // Let queued messages leave before exiting.
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     return Ok(exit::OK);
                 }
             },
@@ -589,6 +595,10 @@ async fn chat(common: Common, code: String) -> Result<u8> {
             _ = tokio::signal::ctrl_c() => return Ok(exit::INTERRUPTED),
         }
     }
+    }
+    .await;
+    node.close().await;
+    outcome
 }
 
 fn init_logs(verbose: u8) {
@@ -631,7 +641,7 @@ fn main() -> ExitCode {
             Command::Chat { code } => chat(common, code).await,
         }
     });
-    // Peer connections' tasks do not need to finish cleanly.
+    // The node closed its connections; stray tasks need not finish.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(code) => ExitCode::from(code),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_core::{CHANNEL_LABEL, PeerCommand, PeerEvent, SdpKind, TransportState};
 use ferry_protocol::{IceServer, PeerId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
@@ -62,12 +62,21 @@ impl Default for NetConfig {
 enum Outgoing {
     Text(String),
     Binary(Vec<u8>),
+    /// Answer once everything before it has been handed over.
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the connection's task carries out.
+enum LinkCommand {
+    Engine(PeerCommand),
+    Flush(oneshot::Sender<()>),
 }
 
 /// The driver's handle on one peer connection.
 pub(crate) struct PeerLink {
-    commands: mpsc::UnboundedSender<PeerCommand>,
+    commands: mpsc::UnboundedSender<LinkCommand>,
     generation: u32,
+    done: oneshot::Receiver<()>,
 }
 
 impl PeerLink {
@@ -81,15 +90,20 @@ impl PeerLink {
         inputs: mpsc::UnboundedSender<Input>,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
         let feed = Feed {
             peer,
             generation,
             inputs,
         };
-        tokio::spawn(run(feed, open_channel, ice_servers, net, rx));
+        tokio::spawn(async move {
+            run(feed, open_channel, ice_servers, net, rx).await;
+            let _ = done_tx.send(());
+        });
         Self {
             commands,
             generation,
+            done,
         }
     }
 
@@ -98,7 +112,37 @@ impl PeerLink {
     }
 
     pub(crate) fn perform(&self, command: PeerCommand) {
-        let _ = self.commands.send(command);
+        let _ = self.commands.send(LinkCommand::Engine(command));
+    }
+
+    /// Resolves once every frame queued so far has been handed to SCTP and
+    /// acknowledged (or after `grace`).
+    pub(crate) async fn flush(&self, grace: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(LinkCommand::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(grace, rx).await;
+        }
+    }
+
+    /// Asks the connection to close once what was queued for it has been
+    /// sent.
+    pub(crate) fn start_close(&self) {
+        self.perform(PeerCommand::Close);
+    }
+
+    /// Whether the connection's task has finished.
+    pub(crate) fn is_closed(&mut self) -> bool {
+        !matches!(
+            self.done.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+
+    /// Closes the connection (see [`Self::start_close`]) and resolves when
+    /// it is closed, or after `grace`.
+    pub(crate) async fn close(self, grace: Duration) {
+        self.start_close();
+        let _ = tokio::time::timeout(grace, self.done).await;
     }
 }
 
@@ -122,9 +166,19 @@ impl Feed {
 
 /// The send queue of the data channel, whoever creates it.
 struct ChannelSlot {
-    queue: mpsc::UnboundedSender<Outgoing>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
     pending: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
     channel: Mutex<Option<Arc<dyn DataChannel>>>,
+    sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ChannelSlot {
+    fn push(&self, out: Outgoing) {
+        let queue = self.queue.lock().ok().and_then(|q| q.clone());
+        if let Some(q) = queue {
+            let _ = q.send(out);
+        }
+    }
 }
 
 struct Handler {
@@ -193,27 +247,55 @@ fn attach(channel: Arc<dyn DataChannel>, slot: &Arc<ChannelSlot>, feed: &Feed) {
                             Err(_) => tracing::debug!("dropped a text frame that is not UTF-8"),
                         }
                     } else {
+                        if msg.data.len() < 256 {
+                            tracing::trace!(len = msg.data.len(), "control frame in");
+                        }
                         feed.send(PeerEvent::Binary(msg.data.to_vec()));
                     }
                 }
-                DataChannelEvent::OnClose => break,
+                DataChannelEvent::OnClose => {
+                    tracing::debug!(peer = %feed.peer, "data channel closed");
+                    break;
+                }
                 _ => {}
             }
         }
         feed.send(PeerEvent::ChannelClosed);
     });
-    tokio::spawn(async move {
+    let sender = tokio::spawn(async move {
         while let Some(out) = queue.recv().await {
             let sent = match out {
                 Outgoing::Text(text) => channel.send_text(&text).await,
                 Outgoing::Binary(data) => channel.send(BytesMut::from(&data[..])).await,
+                Outgoing::Flush(reply) => {
+                    drain(channel.as_ref()).await;
+                    let _ = reply.send(());
+                    Ok(())
+                }
             };
             if let Err(e) = sent {
                 tracing::debug!("data channel send failed: {e}");
                 break;
             }
         }
+        drain(channel.as_ref()).await;
     });
+    if let Ok(mut s) = slot.sender.lock() {
+        *s = Some(sender);
+    }
+}
+
+/// Waits (for at most 2 s) until SCTP holds nothing unacknowledged.
+async fn drain(channel: &dyn DataChannel) {
+    for _ in 0..200 {
+        match channel.outstanding_bytes().await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                tracing::trace!(n, "waiting for sends to drain");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 async fn build(
@@ -277,13 +359,14 @@ async fn run(
     open_channel: bool,
     ice_servers: Vec<IceServer>,
     net: NetConfig,
-    mut commands: mpsc::UnboundedReceiver<PeerCommand>,
+    mut commands: mpsc::UnboundedReceiver<LinkCommand>,
 ) {
     let (queue, pending) = mpsc::unbounded_channel();
     let slot = Arc::new(ChannelSlot {
-        queue,
+        queue: Mutex::new(Some(queue)),
         pending: Mutex::new(Some(pending)),
         channel: Mutex::new(None),
+        sender: Mutex::new(None),
     });
     let pc = match build(&feed, &slot, ice_servers, &net).await {
         Ok(pc) => pc,
@@ -307,12 +390,19 @@ async fn run(
         }
     }
     while let Some(command) = commands.recv().await {
+        let command = match command {
+            LinkCommand::Engine(c) => c,
+            LinkCommand::Flush(reply) => {
+                slot.push(Outgoing::Flush(reply));
+                continue;
+            }
+        };
         match command {
             PeerCommand::SendText(text) => {
-                let _ = slot.queue.send(Outgoing::Text(text));
+                slot.push(Outgoing::Text(text));
             }
             PeerCommand::SendBinary(frame) => {
-                let _ = slot.queue.send(Outgoing::Binary(frame));
+                slot.push(Outgoing::Binary(frame));
             }
             PeerCommand::AddCandidate {
                 candidate,
@@ -339,7 +429,16 @@ async fn run(
             }
         }
     }
-    if let Some(c) = slot.channel.lock().ok().and_then(|mut c| c.take()) {
+    // Let queued frames (a last acknowledgement, a cancel) leave first.
+    if let Ok(mut q) = slot.queue.lock() {
+        q.take();
+    }
+    let sender = slot.sender.lock().ok().and_then(|mut s| s.take());
+    if let Some(sender) = sender {
+        let _ = sender.await;
+    }
+    let channel = slot.channel.lock().ok().and_then(|mut c| c.take());
+    if let Some(c) = channel {
         let _ = c.close().await;
     }
     let _ = pc.close().await;
