@@ -106,6 +106,7 @@ pub struct NodeConfig {
 #[derive(Clone)]
 pub struct Node {
     commands: mpsc::UnboundedSender<Command>,
+    sent_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Node {
@@ -135,9 +136,19 @@ impl Node {
             sources: HashMap::new(),
             downloads: HashMap::new(),
             last_save: HashMap::new(),
+            unsaved: HashMap::new(),
+            saving: Arc::default(),
+            sent_bytes: Arc::default(),
         };
+        let sent_bytes = driver.sent_bytes.clone();
         tokio::spawn(driver.run(input_rx, command_rx));
-        (Self { commands }, event_rx)
+        (
+            Self {
+                commands,
+                sent_bytes,
+            },
+            event_rx,
+        )
     }
 
     async fn ask<T>(
@@ -201,6 +212,12 @@ impl Node {
             .send(Command::Cancel(id.to_owned(), reason.to_owned()));
     }
 
+    /// File-transfer bytes handed to data channels so far (frames of every
+    /// kind, so chunks sent twice count twice).
+    pub fn transfer_bytes_sent(&self) -> u64 {
+        self.sent_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Leaves the room: saves progress, lets queued frames go out, closes
     /// every connection (within a few seconds), then stops.
     pub async fn close(self) {
@@ -234,13 +251,22 @@ struct Driver {
     sources: HashMap<TransferId, Vec<Arc<std::fs::File>>>,
     downloads: HashMap<TransferId, Arc<Download>>,
     last_save: HashMap<TransferId, Instant>,
+    /// Bytes written per download since its progress was last saved.
+    unsaved: HashMap<TransferId, u64>,
+    /// Downloads whose progress is being saved right now.
+    saving: Arc<std::sync::Mutex<std::collections::HashSet<TransferId>>>,
+    /// Binary bytes handed to data channels, for the whole session.
+    sent_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long closing waits for queued frames to leave.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
-/// How often a download's progress is saved while it runs.
+/// How often a download's progress is saved while it runs...
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// ...and after how many bytes, so that a killed receiver fetches at most
+/// about one request window again.
+const SAVE_BYTES: u64 = 2 * 1024 * 1024;
 
 impl Driver {
     fn now(&self) -> u64 {
@@ -338,7 +364,14 @@ impl Driver {
                 chunk,
                 result,
             } => match result {
-                Ok(()) => self.session.chunk_written(&id, file, chunk, now),
+                Ok(()) => {
+                    self.session.chunk_written(&id, file, chunk, now);
+                    let n = self.unsaved.entry(id).or_default();
+                    *n += u64::from(self.session.transfers().chunk_size(&id).unwrap_or(0));
+                    if *n >= SAVE_BYTES {
+                        self.save(&id);
+                    }
+                }
                 Err(e) => {
                     let _ = self.events.send(NodeEvent::StorageFailed {
                         id: id_hex(&id),
@@ -546,6 +579,10 @@ impl Driver {
                 }
             }
             command => {
+                if let PeerCommand::SendBinary(frame) = &command {
+                    self.sent_bytes
+                        .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Some(link) = self.peers.get(&peer) {
                     link.perform(command);
                 }
@@ -614,12 +651,21 @@ impl Driver {
         let (Some(download), Some(have)) = (self.downloads.get(id), t.have_maps(id)) else {
             return;
         };
+        // One save at a time per download; the next one catches up.
+        if !self.saving.lock().is_ok_and(|mut s| s.insert(*id)) {
+            return;
+        }
         let (download, have) = (download.clone(), have.to_vec());
         self.last_save.insert(*id, Instant::now());
-        let events = self.events.clone();
-        let hex = id_hex(id);
+        self.unsaved.insert(*id, 0);
+        let (events, saving, id) = (self.events.clone(), self.saving.clone(), *id);
+        let hex = id_hex(&id);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = download.save_progress(&have) {
+            let result = download.save_progress(&have);
+            if let Ok(mut s) = saving.lock() {
+                s.remove(&id);
+            }
+            if let Err(e) = result {
                 let _ = events.send(NodeEvent::StorageFailed {
                     id: hex,
                     message: e.to_string(),

@@ -324,7 +324,10 @@ async fn send(common: Common, paths: Vec<PathBuf>, room: Option<String>) -> Resu
                         if let Some(p) = pb.take() {
                             p.finish_and_clear();
                         }
-                        println!("Done: the receiver verified every file (BLAKE3).");
+                        println!(
+                        "Done: the receiver verified every file (BLAKE3). {} bytes sent in all.",
+                        node.transfer_bytes_sent()
+                    );
                         return Ok(exit::OK);
                     }
                     TransferEvent::Declined { id, reason } if ours.contains(&id) => {

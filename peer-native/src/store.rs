@@ -181,6 +181,9 @@ pub struct Download {
     entries: Vec<FileEntry>,
     chunk_size: u32,
     overwrite: bool,
+    /// Which files are finished; held while saving or finishing, so a save
+    /// racing a finish never leaves a have-map behind.
+    finished: std::sync::Mutex<Vec<bool>>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -212,6 +215,7 @@ impl Download {
             parts.push(Arc::new(file));
         }
         Ok(Self {
+            finished: std::sync::Mutex::new(vec![false; plan.files.len()]),
             files: plan.files,
             parts,
             entries,
@@ -252,14 +256,19 @@ impl Download {
 
     /// Syncs the partial files, then saves their have-maps atomically.
     pub fn save_progress(&self, have: &[HaveMap]) -> Result<(), Error> {
-        for ((f, part), (entry, h)) in self
+        let finished = self
+            .finished
+            .lock()
+            .map_err(|_| Error::Internal("download lock poisoned".into()))?;
+        for (i, ((f, part), (entry, h))) in self
             .files
             .iter()
             .zip(&self.parts)
             .zip(self.entries.iter().zip(have))
+            .enumerate()
         {
-            if !f.part.exists() {
-                continue; // finished and renamed
+            if finished.get(i).copied().unwrap_or(true) {
+                continue;
             }
             part.sync_data()
                 .map_err(io(format!("syncing {}", f.part.display())))?;
@@ -282,6 +291,10 @@ impl Download {
 
     /// A file's BLAKE3 matched: give it its real name and drop its have-map.
     pub fn finish_file(&self, file: u32) -> Result<PathBuf, Error> {
+        let mut finished = self
+            .finished
+            .lock()
+            .map_err(|_| Error::Internal("download lock poisoned".into()))?;
         let f = self
             .files
             .get(file as usize)
@@ -295,12 +308,22 @@ impl Download {
         }
         fs::rename(&f.part, &f.path).map_err(io(format!("renaming to {}", f.path.display())))?;
         let _ = fs::remove_file(&f.have);
+        if let Some(done) = finished.get_mut(file as usize) {
+            *done = true;
+        }
         Ok(f.path.clone())
     }
 
     /// The transfer was cancelled: nothing partial is left behind.
     pub fn discard(&self) {
-        for f in &self.files {
+        let Ok(mut finished) = self.finished.lock() else {
+            return;
+        };
+        for (f, done) in self.files.iter().zip(finished.iter_mut()) {
+            if *done {
+                continue;
+            }
+            *done = true;
             let _ = fs::remove_file(&f.part);
             let _ = fs::remove_file(&f.have);
         }

@@ -15,7 +15,7 @@
 //! app renders, with `data-*` attributes as stable hooks.
 
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -629,5 +629,188 @@ impl Page {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+}
+
+fn native_bin() -> PathBuf {
+    std::env::var_os("FERRY_NATIVE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/debug/ferry"
+            ))
+        })
+}
+
+/// A `ferry` command-line process (the native peer), with its output
+/// collected line by line.
+pub struct Native {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl Native {
+    /// Starts `ferry --server <server> <args…>`.
+    pub fn start(server: &Server, args: &[&str]) -> Result<Self> {
+        let bin = native_bin();
+        let mut child = Command::new(&bin)
+            .arg("--server")
+            .arg(format!("http://127.0.0.1:{}", server.port))
+            .args(args)
+            .env("FERRY_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {}; build it with `cargo build -p ferry-native`",
+                    bin.display()
+                )
+            })?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut reader = tokio::io::BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if std::env::var_os("FERRY_E2E_ECHO").is_some() {
+                        eprintln!("[ferry] {line}");
+                    }
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Ok(Self {
+            child,
+            lines,
+            stdin,
+        })
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a printed line containing `needle` and returns it.
+    pub async fn wait_line(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.output().into_iter().find(|l| l.contains(needle)) {
+                return Ok(l);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "ferry did not print {needle:?} in {timeout:?}; it printed:\n{}",
+                    self.output().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Types a line on its standard input.
+    pub async fn type_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Waits for it to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<i32> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| {
+                format!(
+                    "ferry still running after {timeout:?}; it printed:\n{}",
+                    self.output().join("\n")
+                )
+            })??;
+        // Let the readers catch the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(status.code().unwrap_or(-1))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills it at once (SIGKILL), as a crash or a power cut would.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// Writes `size` pseudo-random bytes (BLAKE3 output stream of `seed`).
+pub fn make_file(path: &Path, size: u64, seed: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut xof = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        std::io::Write::write_all(&mut out, &buf[..n])?;
+        left -= n as u64;
+    }
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
+/// BLAKE3 of a file on disk.
+pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(
+        std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
+    )?;
+    Ok(h.finalize())
+}
+
+/// Waits until Chromium has finished writing `name` into `dir`.
+pub async fn wait_download(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    timeout: Duration,
+) -> Result<PathBuf> {
+    let path = dir.join(name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let partial = std::fs::read_dir(dir)?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".crdownload"));
+        if !partial && std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
+            return Ok(path);
+        }
+        if Instant::now() > deadline {
+            bail!("download of {name} did not finish in {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

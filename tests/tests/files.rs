@@ -4,61 +4,15 @@
 //!
 //! `FERRY_E2E_BIG_MIB` sets the size of the large file (default 1024).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ferry_e2e::{Browser, Page, Server, tempdir};
+use ferry_e2e::{Browser, Page, Server, hash_file, make_file, tempdir, wait_download};
 
 const CONNECT: Duration = Duration::from_secs(20);
-
-/// Writes `size` pseudo-random bytes (BLAKE3 output stream of `seed`).
-fn make_file(path: &Path, size: u64, seed: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut xof = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        xof.fill(&mut buf[..n]);
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    out.flush()?;
-    Ok(())
-}
-
-fn hash_file(path: &Path) -> Result<blake3::Hash> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(
-        std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
-    )?;
-    Ok(h.finalize())
-}
-
-/// Waits until Chromium has finished writing `name` into `dir`.
-async fn wait_download(dir: &Path, name: &str, size: u64, timeout: Duration) -> Result<PathBuf> {
-    let path = dir.join(name);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let partial = std::fs::read_dir(dir)?
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".crdownload"));
-        if !partial && std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
-            return Ok(path);
-        }
-        if Instant::now() > deadline {
-            bail!("download of {name} did not finish in {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn pair(browser: &Browser, server: &Server, downloads: &Path) -> Result<(Page, Page)> {
     let a = browser.page().await?;

@@ -293,9 +293,10 @@ fn test(only: &[String]) -> Result<()> {
     }
     if want("e2e") {
         build_wasm()?;
-        run(cargo().args(["build", "-p", "ferry-signaling"]))?;
+        run(cargo().args(["build", "-p", "ferry-signaling", "-p", "ferry-native"]))?;
         run(cargo().args(["test", "-p", "ferry-e2e", "--no-run"]))?;
         let server = target_dir().join("debug/ferry-signaling");
+        let native = target_dir().join("debug/ferry");
         run(&mut in_loopback_namespace(
             cargo()
                 .args([
@@ -306,7 +307,8 @@ fn test(only: &[String]) -> Result<()> {
                     "--",
                     "--test-threads=1",
                 ])
-                .env("FERRY_SIGNALING_BIN", &server),
+                .env("FERRY_SIGNALING_BIN", &server)
+                .env("FERRY_NATIVE_BIN", &native),
         ))?;
     }
     eprintln!("all checks passed in {:.0?}", started.elapsed());
