@@ -18,12 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
+use rtc::peer_connection::transport::RTCDtlsRole;
 
 use crate::Error;
 use crate::driver::Input;
@@ -170,6 +171,7 @@ struct ChannelSlot {
     pending: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
     channel: Mutex<Option<Arc<dyn DataChannel>>>,
     sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    opened: std::sync::atomic::AtomicBool,
 }
 
 impl ChannelSlot {
@@ -196,6 +198,20 @@ impl PeerConnectionEventHandler for Handler {
                 sdp_m_line_index: c.sdp_mline_index,
             }),
             Err(e) => tracing::debug!("unusable local candidate: {e}"),
+        }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if state == RTCIceConnectionState::Checking {
+            let channel = self.slot.channel.lock().ok().and_then(|c| c.clone());
+            if let Some(channel) = channel
+                && !self.slot.opened.load(std::sync::atomic::Ordering::Acquire)
+            {
+                let slot = self.slot.clone();
+                tokio::spawn(async move {
+                    kick(channel.as_ref(), &slot.opened, Duration::from_secs(3)).await;
+                });
+            }
         }
     }
 
@@ -235,11 +251,16 @@ fn attach(channel: Arc<dyn DataChannel>, slot: &Arc<ChannelSlot>, feed: &Feed) {
     if let Ok(mut c) = slot.channel.lock() {
         *c = Some(channel.clone());
     }
-    let (rx_channel, feed) = (channel.clone(), feed.clone());
+    let (rx_channel, feed, rx_slot) = (channel.clone(), feed.clone(), slot.clone());
     tokio::spawn(async move {
         while let Some(event) = rx_channel.poll().await {
             match event {
-                DataChannelEvent::OnOpen => feed.send(PeerEvent::ChannelOpen),
+                DataChannelEvent::OnOpen => {
+                    rx_slot
+                        .opened
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    feed.send(PeerEvent::ChannelOpen);
+                }
                 DataChannelEvent::OnMessage(msg) => {
                     if msg.is_string {
                         match String::from_utf8(msg.data.to_vec()) {
@@ -285,6 +306,34 @@ fn attach(channel: Arc<dyn DataChannel>, slot: &Arc<ChannelSlot>, feed: &Feed) {
     }
 }
 
+/// Wakes the webrtc crate's connection driver every 2 ms until `opened` is
+/// set (for at most `limit`).
+///
+/// That driver flushes packets that its own state changes produce (the DTLS
+/// ClientHello once ICE connects, the SCTP INIT once DTLS is up, the data
+/// channel's DCEP OPEN once SCTP is up) only when it next wakes up, which is
+/// its next timer, up to 200 ms later; left alone, each of those steps
+/// waits for it. Any call that notifies the driver makes it flush at once;
+/// setting the channel's high-water threshold to the value it already has
+/// is such a call with no other effect.
+pub async fn kick(
+    channel: &dyn DataChannel,
+    opened: &std::sync::atomic::AtomicBool,
+    limit: Duration,
+) {
+    let started = std::time::Instant::now();
+    while !opened.load(std::sync::atomic::Ordering::Acquire) && started.elapsed() < limit {
+        if channel
+            .set_buffered_amount_high_threshold(u32::MAX)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Waits (for at most 2 s) until SCTP holds nothing unacknowledged.
 async fn drain(channel: &dyn DataChannel) {
     for _ in 0..200 {
@@ -303,6 +352,22 @@ async fn build(
     slot: &Arc<ChannelSlot>,
     ice_servers: Vec<IceServer>,
     net: &NetConfig,
+) -> Result<Arc<dyn PeerConnection>, Error> {
+    let handler = Arc::new(Handler {
+        feed: feed.clone(),
+        slot: slot.clone(),
+    });
+    new_connection(net, ice_servers, handler).await
+}
+
+/// Builds a webrtc-crate peer connection tuned as [`NetConfig`] says: the
+/// given UDP addresses (with loopback candidates), the ICE check interval,
+/// the SCTP message limit, the send-buffer limit and large socket buffers.
+/// Public so that benchmarks measure the same tuning without the engine.
+pub async fn new_connection(
+    net: &NetConfig,
+    ice_servers: Vec<IceServer>,
+    handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> Result<Arc<dyn PeerConnection>, Error> {
     let servers: Vec<RTCIceServer> = ice_servers
         .into_iter()
@@ -329,16 +394,16 @@ async fn build(
             .with_ice_connection_attempts(Some(net.ice_check_interval), None)
             .with_include_loopback_candidate(true)
             .with_multicast_dns_mode(mdns)
+            // The offerer (which creates the data channel) then runs the DTLS
+            // client and the SCTP association's first steps; see `kick`.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
             .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(net.max_message))
             .build();
         let built = PeerConnectionBuilder::new()
             .with_configuration(configuration())
             .with_setting_engine(settings)
             .with_runtime(Arc::new(BufferedRuntime))
-            .with_handler(Arc::new(Handler {
-                feed: feed.clone(),
-                slot: slot.clone(),
-            }))
+            .with_handler(handler.clone())
             .with_udp_addrs(net.udp_addrs.clone())
             .with_data_channel_send_buffer_limit(net.send_buffer)
             .build()
@@ -367,6 +432,7 @@ async fn run(
         pending: Mutex::new(Some(pending)),
         channel: Mutex::new(None),
         sender: Mutex::new(None),
+        opened: std::sync::atomic::AtomicBool::new(false),
     });
     let pc = match build(&feed, &slot, ice_servers, &net).await {
         Ok(pc) => pc,

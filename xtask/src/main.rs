@@ -379,7 +379,20 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 .env("FERRY_PEERSERVER_DIR", &peerserver);
             run(&mut in_loopback_namespace(&mut cmd))
         }
-        other => bail!("unknown benchmark `{other}`; available: connect, swap, signaling"),
+        "native" => {
+            build_bench()?;
+            run(cargo().args(["build", "--release", "-p", "ferry-native"]))?;
+            let mut cmd = Command::new(target_dir().join("release/ferry-bench"));
+            cmd.arg("native")
+                .args(args)
+                .env(
+                    "FERRY_SIGNALING_BIN",
+                    target_dir().join("release/ferry-signaling"),
+                )
+                .env("FERRY_NATIVE_BIN", target_dir().join("release/ferry"));
+            run(&mut in_loopback_namespace(&mut cmd))
+        }
+        other => bail!("unknown benchmark `{other}`; available: connect, swap, signaling, native"),
     }
 }
 

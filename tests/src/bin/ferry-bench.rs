@@ -541,9 +541,29 @@ async fn swap(mib: u64, tuning: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// Browser benchmarks for Ferry.
+#[path = "../native_bench.rs"]
+mod native_bench;
+
+/// Browser and native benchmarks for Ferry.
 #[derive(Debug, Parser)]
 enum Cli {
+    /// The native peer: native to native against a raw webrtc-crate channel
+    /// and raw TCP, browser to native and back against a raw JS channel, and
+    /// channel-open times.
+    Native {
+        /// Size of the native-to-native transfer in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Size of the memory run (native to native) in MiB; 0 skips it.
+        #[arg(long, default_value_t = 4096)]
+        rss_mib: u64,
+        /// Size of the browser transfers in MiB.
+        #[arg(long, default_value_t = 1024)]
+        browser_mib: u64,
+        /// Measured channel-open runs (after two warm-up runs).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// A file swap through the engine against a raw JS data channel.
     Swap {
         /// Size of the transfer in MiB.
@@ -566,5 +586,11 @@ async fn main() -> Result<()> {
     match Cli::parse() {
         Cli::Connect { runs } => connect(runs).await,
         Cli::Swap { mib, tuning } => swap(mib, tuning).await,
+        Cli::Native {
+            mib,
+            rss_mib,
+            browser_mib,
+            runs,
+        } => native_bench::native(mib, rss_mib, runs, browser_mib).await,
     }
 }
