@@ -986,6 +986,22 @@ impl Session {
         }
     }
 
+    /// Offers files without the sender-side safety check, as a malicious
+    /// peer would: for tests of receivers only.
+    #[cfg(feature = "hostile-sender")]
+    pub fn offer_files_unchecked(
+        &mut self,
+        peer: &PeerId,
+        id: TransferId,
+        files: Vec<SourceFile>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        self.transfers
+            .offer_unchecked(peer.clone(), id, files, now)?;
+        self.pump_transfers();
+        Ok(())
+    }
+
     /// Offers files to a connected peer. `id` must be random (16 bytes from
     /// the driver's RNG); files must be hashed at the configured chunk size.
     pub fn offer_files(

@@ -49,6 +49,7 @@ enum Command {
     Offer {
         peer: PeerId,
         files: Vec<LocalFile>,
+        checked: bool,
         reply: oneshot::Sender<Result<String, Error>>,
     },
     Plan {
@@ -169,8 +170,31 @@ impl Node {
     /// Offers hashed files to a connected peer; returns the transfer id.
     pub async fn offer(&self, peer: &PeerId, files: Vec<LocalFile>) -> Result<String, Error> {
         let peer = peer.clone();
-        self.ask(|reply| Command::Offer { peer, files, reply })
-            .await
+        self.ask(|reply| Command::Offer {
+            peer,
+            files,
+            checked: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Offers files without the sender-side check of their names, as a
+    /// malicious peer would: for tests of receivers only.
+    #[cfg(feature = "hostile-sender")]
+    pub async fn offer_unchecked(
+        &self,
+        peer: &PeerId,
+        files: Vec<LocalFile>,
+    ) -> Result<String, Error> {
+        let peer = peer.clone();
+        self.ask(|reply| Command::Offer {
+            peer,
+            files,
+            checked: false,
+            reply,
+        })
+        .await
     }
 
     /// Works out where an offer would go in `dir`, what can resume and
@@ -409,7 +433,12 @@ impl Driver {
             Command::Chat(text, reply) => {
                 let _ = reply.send(self.session.send_chat(&text).map_err(Error::from));
             }
-            Command::Offer { peer, files, reply } => {
+            Command::Offer {
+                peer,
+                files,
+                checked,
+                reply,
+            } => {
                 let result = (|| {
                     let mut opened = Vec::with_capacity(files.len());
                     for f in &files {
@@ -421,7 +450,15 @@ impl Driver {
                     }
                     let id: TransferId = rand::random();
                     let sources = files.into_iter().map(|f| f.source).collect();
-                    self.session.offer_files(&peer, id, sources, now)?;
+                    if checked {
+                        self.session.offer_files(&peer, id, sources, now)?;
+                    } else {
+                        #[cfg(feature = "hostile-sender")]
+                        self.session
+                            .offer_files_unchecked(&peer, id, sources, now)?;
+                        #[cfg(not(feature = "hostile-sender"))]
+                        return Err(Error::Internal("unchecked offers are for tests".into()));
+                    }
                     self.sources.insert(id, opened);
                     Ok(id_hex(&id))
                 })();
@@ -526,15 +563,8 @@ impl Driver {
                     let part = self.downloads.get(&id).and_then(|d| d.part(file));
                     let inputs = self.inputs.clone();
                     tokio::task::spawn_blocking(move || {
-                        use std::os::unix::fs::FileExt;
                         let result = match part {
-                            Some(f) => f.write_all_at(&data, offset).map_err(|e| {
-                                if e.raw_os_error() == Some(28) {
-                                    "the disk is full; free some space and run the same command again to resume".to_owned()
-                                } else {
-                                    format!("cannot write the received file: {e}")
-                                }
-                            }),
+                            Some(f) => store::write_chunk(&f, offset, &data),
                             None => Err("the download is no longer open".into()),
                         };
                         let _ = inputs.send(Input::Written {

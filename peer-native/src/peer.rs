@@ -271,7 +271,7 @@ fn attach(channel: Arc<dyn DataChannel>, slot: &Arc<ChannelSlot>, feed: &Feed) {
                         if msg.data.len() < 256 {
                             tracing::trace!(len = msg.data.len(), "control frame in");
                         }
-                        feed.send(PeerEvent::Binary(msg.data.to_vec()));
+                        feed.send(PeerEvent::Binary(Vec::from(msg.data)));
                     }
                 }
                 DataChannelEvent::OnClose => {
@@ -287,7 +287,10 @@ fn attach(channel: Arc<dyn DataChannel>, slot: &Arc<ChannelSlot>, feed: &Feed) {
         while let Some(out) = queue.recv().await {
             let sent = match out {
                 Outgoing::Text(text) => channel.send_text(&text).await,
-                Outgoing::Binary(data) => channel.send(BytesMut::from(&data[..])).await,
+                // No copy: the frame's buffer becomes the message.
+                Outgoing::Binary(data) => {
+                    channel.send(BytesMut::from(bytes::Bytes::from(data))).await
+                }
                 Outgoing::Flush(reply) => {
                     drain(channel.as_ref()).await;
                     let _ = reply.send(());

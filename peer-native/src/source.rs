@@ -10,8 +10,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use blake3::hazmat::ChainingValue;
 use ferry_core::transfer::SourceFile;
-use ferry_core::transfer::tree::{FileHasher, chunk_len};
+use ferry_core::transfer::tree::{self, FileDigest};
 
 use crate::Error;
 
@@ -87,43 +88,94 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<FoundFile>, Error> {
     Ok(out)
 }
 
-/// Hashes one file at `chunk_size`; `progress` gets the bytes of each chunk.
+/// Hashes one file at `chunk_size`, on every core: each thread reads and
+/// hashes its own range of chunks (their chaining values are independent),
+/// and the root is merged from them. `progress` gets bytes as they are done.
 pub fn hash(
     found: &FoundFile,
     chunk_size: u32,
-    mut progress: impl FnMut(u64),
+    progress: impl Fn(u64) + Sync,
 ) -> Result<LocalFile, Error> {
     let io = |e| Error::Io {
         what: format!("reading {}", found.disk.display()),
         source: e,
     };
-    let mut file = File::open(&found.disk).map_err(io)?;
-    let mut hasher = FileHasher::new(found.size, chunk_size);
-    let mut buf = vec![0u8; chunk_size as usize];
-    let mut index = 0u64;
-    loop {
-        let len = chunk_len(found.size, chunk_size, index) as usize;
-        if len == 0 && index > 0 {
-            break;
-        }
-        file.read_exact(&mut buf[..len]).map_err(io)?;
-        if !hasher.update(&buf[..len]) {
-            break;
-        }
-        progress(len as u64);
-        index += 1;
-        if len < chunk_size as usize {
-            break;
-        }
+    let file = File::open(&found.disk).map_err(io)?;
+    let size = found.size;
+    if file.metadata().map_err(io)?.len() != size {
+        return Err(Error::Changed(found.disk.clone()));
     }
-    let digest = hasher
-        .finish()
-        .ok_or_else(|| Error::Changed(found.disk.clone()))?;
+    let digest = if tree::is_single_chunk(size, chunk_size) {
+        let mut buf = vec![0u8; size as usize];
+        (&file).read_exact(&mut buf).map_err(io)?;
+        progress(size);
+        FileDigest {
+            root: blake3::hash(&buf),
+            cvs: Vec::new(),
+        }
+    } else {
+        let chunks = tree::chunk_count(size, chunk_size);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8) as u64;
+        let per = chunks.div_ceil(threads);
+        let ranges: Vec<(u64, u64)> = (0..threads)
+            .map(|t| (t * per, ((t + 1) * per).min(chunks)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        let parts: Vec<std::io::Result<Vec<ChainingValue>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|&(first, end)| {
+                    let (file, progress) = (&file, &progress);
+                    scope.spawn(move || {
+                        use std::os::unix::fs::FileExt;
+                        // Read several chunks at a time; hash each alone.
+                        let per_read = 16u64;
+                        let mut buf = vec![0u8; (per_read * u64::from(chunk_size)) as usize];
+                        let mut cvs = Vec::with_capacity((end - first) as usize);
+                        let mut c = first;
+                        while c < end {
+                            let n = per_read.min(end - c);
+                            let offset = c * u64::from(chunk_size);
+                            let len = (0..n)
+                                .map(|i| tree::chunk_len(size, chunk_size, c + i))
+                                .sum::<u64>() as usize;
+                            file.read_exact_at(&mut buf[..len], offset)?;
+                            let mut at = 0usize;
+                            for i in 0..n {
+                                let l = tree::chunk_len(size, chunk_size, c + i) as usize;
+                                cvs.push(tree::chunk_cv(&buf[at..at + l], c + i, chunk_size));
+                                at += l;
+                            }
+                            progress(len as u64);
+                            c += n;
+                        }
+                        Ok(cvs)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("hashing thread failed")))
+                })
+                .collect()
+        });
+        let mut cvs = Vec::with_capacity(chunks as usize);
+        for part in parts {
+            cvs.extend(part.map_err(io)?);
+        }
+        let root = tree::root_from_cvs(&cvs, size, chunk_size)
+            .ok_or_else(|| Error::Changed(found.disk.clone()))?;
+        FileDigest { root, cvs }
+    };
     Ok(LocalFile {
         disk: found.disk.clone(),
         source: SourceFile {
             path: found.path.clone(),
-            size: found.size,
+            size,
             digest,
         },
     })
@@ -156,15 +208,26 @@ mod tests {
     #[test]
     fn hashes_match_blake3() {
         let dir = tempfile::tempdir().unwrap();
-        for size in [0usize, 1, 1024, 1025, 5000, 3 * 4096] {
+        for size in [0usize, 1, 1024, 1025, 5000, 3 * 4096, 100_000, 1 << 20] {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let p = dir.path().join(format!("f{size}"));
             std::fs::write(&p, &data).unwrap();
             let found = find(std::slice::from_ref(&p)).unwrap();
-            let mut seen = 0;
-            let local = hash(&found[0], 1024, |n| seen += n).unwrap();
+            let seen = std::sync::atomic::AtomicU64::new(0);
+            let local = hash(&found[0], 1024, |n| {
+                seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            })
+            .unwrap();
             assert_eq!(local.source.digest.root, blake3::hash(&data), "size {size}");
-            assert_eq!(seen, size as u64);
+            assert_eq!(seen.into_inner(), size as u64);
+            // The engine accepts the digest as a well-formed one.
+            let mut again = ferry_core::transfer::tree::FileHasher::new(size as u64, 1024);
+            for (i, c) in data.chunks(1024).enumerate() {
+                assert!(again.update(c), "chunk {i}");
+            }
+            if size > 0 {
+                assert_eq!(again.finish().unwrap(), local.source.digest, "size {size}");
+            }
         }
     }
 

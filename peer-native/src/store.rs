@@ -173,6 +173,19 @@ pub fn plan(
     })
 }
 
+/// Writes verified bytes at their offset, from a blocking task; the error
+/// says what to do.
+pub fn write_chunk(file: &File, offset: u64, data: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(data, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            "the disk is full; free some space and run the same command again to resume (verified parts are kept)".to_owned()
+        } else {
+            format!("cannot write the received file: {e}")
+        }
+    })
+}
+
 /// An accepted download's open partial files.
 pub struct Download {
     /// Destinations, one per file.
@@ -423,6 +436,15 @@ mod tests {
                 .resume
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_full_disk_says_so() {
+        let Ok(full) = OpenOptions::new().write(true).open("/dev/full") else {
+            return; // not on this system
+        };
+        let err = write_chunk(&full, 0, &[1; 4096]).unwrap_err();
+        assert!(err.contains("disk is full"), "{err}");
     }
 
     #[test]

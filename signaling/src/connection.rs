@@ -73,7 +73,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                         }
                     } else {
                         limited = false;
-                        match handle_message(msg, &state, &tx, &mut membership) {
+                        match handle_message(msg, &state, &tx, &mut membership).await {
                             Some(replies) => send_all(&mut socket, &state, replies).await,
                             None => Flow::Leave,
                         }
@@ -129,7 +129,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
             }
             Flow::Leave => {
                 if let Some(m) = membership.take() {
-                    state.rooms.leave(&m.room, &m.id, m.conn);
+                    leave(&state, &m).await;
                     tracing::info!(room = %m.room, peer = %m.id, "peer left");
                 }
             }
@@ -139,8 +139,8 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
     }
     if let Some(m) = membership.take() {
         let grace = state.config.reconnect_grace;
-        if grace.is_zero() || state.shutting_down() {
-            state.rooms.leave(&m.room, &m.id, m.conn);
+        if grace.is_zero() || (state.shutting_down() && state.cluster.is_none()) {
+            leave(&state, &m).await;
             tracing::info!(room = %m.room, peer = %m.id, "peer left");
         } else if state.rooms.detach(&m.room, &m.id, m.conn) {
             // Keep the seat: a reload or a network change comes back with
@@ -149,7 +149,9 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
             let state = state.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                state.rooms.expire(&m.room, &m.id, m.conn);
+                if state.rooms.is_away(&m.room, &m.id, m.conn) {
+                    leave(&state, &m).await;
+                }
             });
         }
     }
@@ -164,6 +166,14 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
     .await;
     // Give the close frame a moment to flush without holding the task forever.
     let _ = tokio::time::timeout(Duration::from_millis(200), socket.recv()).await;
+}
+
+/// Gives up a seat for good, here and in the cluster.
+async fn leave(state: &AppState, m: &Membership) {
+    state.rooms.leave(&m.room, &m.id, m.conn);
+    if let Some(cluster) = &state.cluster {
+        cluster.leave(&m.room, &m.id, m.conn).await;
+    }
 }
 
 /// Sends one frame; false if the socket failed or the client did not take
@@ -213,18 +223,18 @@ fn error_frame(err: &Error) -> ServerMessage {
 
 /// Applies one frame and returns the frames to send back on this connection,
 /// or `None` when the peer asked to leave.
-fn handle_message(
+async fn handle_message(
     msg: Message,
     state: &AppState,
     tx: &mpsc::Sender<Outbound>,
     membership: &mut Option<Membership>,
 ) -> Option<Vec<ServerMessage>> {
     let mut leave = false;
-    let frames = handle_frame(msg, state, tx, membership, &mut leave);
+    let frames = handle_frame(msg, state, tx, membership, &mut leave).await;
     (!leave).then_some(frames)
 }
 
-fn handle_frame(
+async fn handle_frame(
     msg: Message,
     state: &AppState,
     tx: &mpsc::Sender<Outbound>,
@@ -280,10 +290,29 @@ fn handle_frame(
             }
             let token = resume_token.as_deref().filter(|t| t.len() <= 64);
             let password = password.as_deref().filter(|p| p.len() <= 256);
-            match state
-                .rooms
-                .join(&room, name, rejoin_as, token, password, tx.clone())
-            {
+            let clustered = match &state.cluster {
+                Some(c) => {
+                    c.join(
+                        &state.rooms,
+                        &room,
+                        name.clone(),
+                        rejoin_as.clone(),
+                        token,
+                        password,
+                        tx.clone(),
+                        state.config.limits.max_rooms,
+                    )
+                    .await
+                }
+                None => None,
+            };
+            let joined = match clustered {
+                Some(result) => result,
+                None => state
+                    .rooms
+                    .join(&room, name, rejoin_as, token, password, tx.clone()),
+            };
+            match joined {
                 Ok(seat) => {
                     let (peer_id, peers) = (seat.id, seat.peers);
                     tracing::info!(room = %room, peer = %peer_id, others = peers.len(), resumed = seat.resumed, "peer joined");
@@ -324,7 +353,18 @@ fn handle_frame(
                 from: m.id.clone(),
                 signal,
             };
-            match state.rooms.relay(&m.room, &to, frame) {
+            let text = crate::rooms::encode(&frame);
+            let relayed = match state.rooms.relay(&m.room, &to, frame) {
+                Err(Error::UnknownPeer(_)) if state.cluster.is_some() => match &state.cluster {
+                    Some(c) => c
+                        .relay(&m.room, &to, text)
+                        .await
+                        .unwrap_or(Err(Error::UnknownPeer(to))),
+                    None => Err(Error::UnknownPeer(to)),
+                },
+                other => other,
+            };
+            match relayed {
                 Ok(()) => {
                     state.metrics.relayed.inc();
                     Vec::new()

@@ -24,6 +24,7 @@
 //! `www/pkg/`) and `/healthz`.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod connection;
 pub mod ice;
 pub mod limits;
@@ -106,6 +107,9 @@ pub struct Config {
     pub ice: IceConfig,
     /// Abuse limits.
     pub limits: Limits,
+    /// Redis URL shared by several instances (`redis://host:6379`); `None`
+    /// keeps every room in this process.
+    pub redis: Option<String>,
 }
 
 /// The source tree's `www/` folder, used when no web root is configured.
@@ -125,6 +129,7 @@ impl Default for Config {
                 ..IceConfig::default()
             },
             limits: Limits::default(),
+            redis: None,
         }
     }
 }
@@ -132,7 +137,9 @@ impl Default for Config {
 /// Shared state of one server.
 pub(crate) struct AppState {
     config: Config,
-    rooms: RoomRegistry,
+    rooms: Arc<RoomRegistry>,
+    /// The link to other instances, with `--redis`.
+    cluster: Option<Arc<cluster::Cluster>>,
     metrics: Metrics,
     connection_rate: ConnectionRate,
     /// Flips to true when the server begins shutting down.
@@ -163,6 +170,14 @@ impl Shutdown {
     }
 }
 
+/// Checks what [`app`] cannot report: for now, that the Redis URL parses.
+pub fn validate(config: &Config) -> Result<(), Error> {
+    if let Some(url) = &config.redis {
+        cluster::Cluster::new(url, config.max_room_size)?;
+    }
+    Ok(())
+}
+
 /// Builds the service: `/ws` for signaling, `/healthz`, `/metrics`, and the
 /// web app. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`
 /// for per-address limits (without it they are skipped).
@@ -173,8 +188,26 @@ pub fn app(config: Config) -> Router {
 /// [`app`], with connections that end when `shutdown` flips to true.
 pub fn app_with_shutdown(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Router {
     let serve_dir = ServeDir::new(&config.web_root).append_index_html_on_directories(true);
+    let rooms = Arc::new(RoomRegistry::new(
+        config.max_room_size,
+        config.limits.max_rooms,
+    ));
+    let cluster = config.redis.as_deref().and_then(|url| {
+        match cluster::Cluster::new(url, config.max_room_size) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                tokio::spawn(c.clone().run(rooms.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "not joining a cluster");
+                None
+            }
+        }
+    });
     let state = Arc::new(AppState {
-        rooms: RoomRegistry::new(config.max_room_size, config.limits.max_rooms),
+        rooms,
+        cluster,
         metrics: Metrics::new(),
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_min),
         shutdown,

@@ -72,6 +72,9 @@ struct Args {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
+    /// Redis URL shared by several instances, e.g. redis://10.0.0.5:6379 [default: none, rooms stay in this process].
+    #[arg(long, env = "FERRY_REDIS")]
+    redis: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FERRY_LOG_JSON")]
     log_json: bool,
@@ -108,6 +111,7 @@ impl Args {
             c.limits.join_timeout => self.join_timeout_ms.map(Duration::from_millis),
             c.limits.write_timeout => self.write_timeout_ms.map(Duration::from_millis),
             c.limits.allowed_origins => non_empty(self.allowed_origins),
+            c.redis => self.redis.map(Some),
         }
         c.max_room_size = c.max_room_size.max(1);
         c.heartbeat = c.heartbeat.max(Duration::from_millis(100));
@@ -133,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let config = args.config()?;
+    ferry_signaling::validate(&config)?;
     if !config.web_root.join("pkg").exists() {
         tracing::warn!(web_root = %config.web_root.display(), "no pkg/ in the web root: build the wasm with `cargo xtask serve`");
     }

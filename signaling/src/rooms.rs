@@ -49,16 +49,26 @@ pub(crate) struct Seat {
     pub(crate) resumed: bool,
 }
 
-fn encode(frame: &ServerMessage) -> Utf8Bytes {
+pub(crate) fn encode(frame: &ServerMessage) -> Utf8Bytes {
     frame.encode().into()
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(TOKEN_LEN)
         .map(char::from)
         .collect()
+}
+
+/// A fresh random peer id.
+pub(crate) fn random_peer_id() -> Result<PeerId, Error> {
+    let id: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(PEER_ID_LEN)
+        .map(char::from)
+        .collect();
+    PeerId::new(id).map_err(Error::Protocol)
 }
 
 /// Length of resume tokens: 32 alphanumerics, about 190 bits.
@@ -251,18 +261,6 @@ impl RoomRegistry {
         true
     }
 
-    /// Ends a kept seat whose owner did not come back in time.
-    pub(crate) fn expire(&self, room: &RoomCode, id: &PeerId, conn: u64) {
-        let still_away = self.lock().get(room).is_some_and(|members| {
-            members
-                .iter()
-                .any(|m| &m.info.id == id && m.tx.is_none() && m.conn == conn)
-        });
-        if still_away {
-            self.leave(room, id, conn);
-        }
-    }
-
     /// Removes the member that connection `conn` holds and tells the
     /// others it left.
     pub(crate) fn leave(&self, room: &RoomCode, id: &PeerId, conn: u64) {
@@ -309,6 +307,115 @@ impl RoomRegistry {
             .ok_or_else(|| Error::RecipientBusy(to.clone()))?
             .try_send(Outbound::Text(text))
             .map_err(|_| Error::RecipientBusy(to.clone()))
+    }
+
+    /// Adds a member whose seat the cluster already granted (room size,
+    /// password and id were checked in Redis), with connection number
+    /// `conn` from [`RoomRegistry::next_conn`]. A local member with the same id (a resume on this instance)
+    /// is retired. Announcements are the caller's job.
+    pub(crate) fn attach_as(
+        &self,
+        room: &RoomCode,
+        info: PeerInfo,
+        token: String,
+        tx: MemberTx,
+        conn: u64,
+    ) {
+        let mut rooms = self.lock();
+        let members = rooms.entry(room.clone()).or_default();
+        if let Some(i) = members.iter().position(|m| m.info.id == info.id) {
+            let mut old = members.remove(i);
+            if let Some(old_tx) = old.tx.take() {
+                let _ = old_tx.try_send(Outbound::Replaced);
+            }
+        }
+        members.push(Member {
+            info,
+            tx: Some(tx),
+            token,
+            conn,
+        });
+    }
+
+    /// A fresh connection number, unique on this instance.
+    pub(crate) fn next_conn(&self) -> u64 {
+        self.next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues an encoded frame for this instance's members of a room: one
+    /// member, or everyone but `except`.
+    pub(crate) fn deliver(
+        &self,
+        room: &RoomCode,
+        to: Option<&PeerId>,
+        except: Option<&PeerId>,
+        text: &Utf8Bytes,
+    ) {
+        let rooms = self.lock();
+        let Some(members) = rooms.get(room) else {
+            return;
+        };
+        for m in members.iter() {
+            if to.is_some_and(|t| t != &m.info.id) || except.is_some_and(|e| e == &m.info.id) {
+                continue;
+            }
+            if let Some(tx) = &m.tx {
+                let _ = tx.try_send(Outbound::Text(text.clone()));
+            }
+        }
+    }
+
+    /// Removes a member without telling anyone (its seat moved to another
+    /// instance); true if it was here.
+    pub(crate) fn remove_quietly(&self, room: &RoomCode, id: &PeerId) -> bool {
+        let mut rooms = self.lock();
+        let Some(members) = rooms.get_mut(room) else {
+            return false;
+        };
+        let Some(i) = members.iter().position(|m| &m.info.id == id) else {
+            return false;
+        };
+        let mut m = members.remove(i);
+        if let Some(tx) = m.tx.take() {
+            let _ = tx.try_send(Outbound::Replaced);
+        }
+        if members.is_empty() {
+            rooms.remove(room);
+        }
+        true
+    }
+
+    /// Whether connection `conn` holds a kept (disconnected) seat.
+    pub(crate) fn is_away(&self, room: &RoomCode, id: &PeerId, conn: u64) -> bool {
+        self.lock().get(room).is_some_and(|members| {
+            members
+                .iter()
+                .any(|m| &m.info.id == id && m.tx.is_none() && m.conn == conn)
+        })
+    }
+
+    /// Every member on this instance, with its token and connection, for
+    /// writing the rooms back to Redis after it was away.
+    pub(crate) fn snapshot(&self) -> Vec<(RoomCode, PeerInfo, String, u64)> {
+        self.lock()
+            .iter()
+            .flat_map(|(code, room)| {
+                room.members
+                    .iter()
+                    .map(|m| (code.clone(), m.info.clone(), m.token.clone(), m.conn))
+            })
+            .collect()
+    }
+
+    /// The rooms this instance has members in.
+    pub(crate) fn room_codes(&self) -> Vec<RoomCode> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Whether the room exists here.
+    pub(crate) fn has_room(&self, room: &RoomCode) -> bool {
+        self.lock().contains_key(room)
     }
 
     /// Number of rooms, for tests and logs.
@@ -418,7 +525,9 @@ mod tests {
             Some(ServerMessage::PeerJoined { peer }) if peer.id == b.id
         ));
         // The old connection's expiry no longer applies.
-        reg.expire(&room("r"), &b.id, b.conn);
+        if reg.is_away(&room("r"), &b.id, b.conn) {
+            reg.leave(&room("r"), &b.id, b.conn);
+        }
         reg.leave(&room("r"), &b.id, b.conn);
         assert_eq!(reg.member_count(), 3);
         assert!(next_frame(&mut rx_a).is_none());
@@ -431,7 +540,9 @@ mod tests {
         let (b, _rx_b) = join(&reg, "r", None, None);
         let _ = next_frame(&mut rx_a);
         assert!(reg.detach(&room("r"), &b.id, b.conn));
-        reg.expire(&room("r"), &b.id, b.conn);
+        if reg.is_away(&room("r"), &b.id, b.conn) {
+            reg.leave(&room("r"), &b.id, b.conn);
+        }
         assert!(matches!(
             next_frame(&mut rx_a),
             Some(ServerMessage::PeerLeft { peer_id }) if peer_id == b.id

@@ -8,6 +8,7 @@
 //! heartbeat_ms = 5000
 //! max_frame_bytes = 65536
 //! reconnect_grace_ms = 15000
+//! redis = "redis://127.0.0.1:6379"
 //!
 //! [ice]
 //! stun_urls = ["stun:turn.example.org:3478"]
@@ -49,6 +50,8 @@ pub struct FileSettings {
     pub max_frame_bytes: Option<usize>,
     /// See [`Config::reconnect_grace`].
     pub reconnect_grace_ms: Option<u64>,
+    /// See [`Config::redis`].
+    pub redis: Option<String>,
     /// STUN/TURN.
     #[serde(default)]
     pub ice: IceSettings,
@@ -111,6 +114,7 @@ impl FileSettings {
             config.heartbeat => self.heartbeat_ms.map(Duration::from_millis),
             config.max_frame_bytes => self.max_frame_bytes,
             config.reconnect_grace => self.reconnect_grace_ms.map(Duration::from_millis),
+            config.redis => self.redis.map(Some),
             i.stun_urls => self.ice.stun_urls,
             i.turn_urls => self.ice.turn_urls,
             i.turn_secret => self.ice.turn_secret.map(Some),

@@ -128,15 +128,7 @@ impl Server {
 
     /// Fetches `/healthz`.
     pub async fn healthz(&self) -> Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await?;
-        if !body.starts_with("HTTP/1.1 200") {
-            bail!("unexpected answer: {body}");
-        }
-        Ok(body)
+        http_get(self.port, "/healthz").await
     }
 
     /// Kills the server process.
@@ -813,4 +805,117 @@ pub async fn wait_download(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A `redis-server` on a loopback port, with no persistence.
+pub struct Redis {
+    child: Option<Child>,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl Redis {
+    /// Starts Redis on `port` and waits until it answers.
+    pub async fn start_on(port: u16) -> Result<Self> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "cannot start redis-server; install Debian's redis-server (cargo xtask setup)",
+            )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+                s.write_all(b"PING\r\n").await?;
+                let mut buf = [0u8; 16];
+                if s.read(&mut buf)
+                    .await
+                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                {
+                    return Ok(Self {
+                        child: Some(child),
+                        port,
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not come up on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A failover TCP balancer on a loopback port, as a deployment puts in
+/// front of several signaling instances: each new connection goes to the
+/// first backend that accepts it.
+pub struct Balancer {
+    /// The port it listens on.
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    /// Starts balancing over `backends` (ports on 127.0.0.1), in order.
+    pub async fn start(backends: Vec<u16>) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let backends = backends.clone();
+                tokio::spawn(async move {
+                    for b in backends {
+                        if let Ok(mut server) = TcpStream::connect(("127.0.0.1", b)).await {
+                            let _ = server.set_nodelay(true);
+                            let _ = client.set_nodelay(true);
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { port, task })
+    }
+
+    /// The page URL through the balancer.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain HTTP/1.1 GET on a loopback port; the whole answer, headers
+/// included, if it is a 200.
+pub async fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    if !body.starts_with("HTTP/1.1 200") {
+        bail!("unexpected answer: {body}");
+    }
+    Ok(body)
 }

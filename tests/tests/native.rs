@@ -366,3 +366,68 @@ async fn chat_between_a_terminal_and_a_page() -> Result<()> {
     page.close().await?;
     Ok(())
 }
+
+/// A malicious peer (the engine with its sender-side checks off) offers
+/// files whose names point outside the receiver's folder.
+#[tokio::test]
+async fn hostile_file_names_never_reach_the_disk_of_a_native_receiver() -> Result<()> {
+    use ferry_core::{Config, Event, LinkState};
+    use ferry_native::{NetConfig, Node, NodeConfig, NodeEvent, source};
+    let work = tempdir("ferry-hostile")?;
+    let payload = work.join("payload.txt");
+    make_file(&payload, 5000, "payload")?;
+    let server = Server::start(5_000).await?;
+    for (i, hostile) in [
+        "../escape.txt",
+        "/tmp/ferry-absolute.txt",
+        "a/../../escape.txt",
+        "nul\u{0}byte.txt",
+        "CON",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dest = work.join(format!("dest-{i}"));
+        let room = format!("hostile-{i}");
+        let mut receiver = Native::start(
+            &server,
+            &["receive", &room, "--yes", "--dir", dest.to_str().unwrap()],
+        )?;
+        let (node, mut events) = Node::start(NodeConfig {
+            server_url: format!("ws://127.0.0.1:{}/ws", server.port),
+            session: Config::new(ferry_protocol::RoomCode::new(&room)?, "mallory"),
+            net: NetConfig {
+                udp_addrs: vec!["127.0.0.1:0".into()],
+                ..NetConfig::default()
+            },
+        });
+        let peer = loop {
+            match tokio::time::timeout(CONNECT, events.recv()).await? {
+                Some(NodeEvent::Engine(Event::PeerState {
+                    peer_id,
+                    state: LinkState::Connected,
+                })) => break peer_id,
+                Some(_) => {}
+                None => bail!("the hostile node stopped"),
+            }
+        };
+        let found = source::find(std::slice::from_ref(&payload))?;
+        let mut file = source::hash(&found[0], 128 * 1024, |_| {})?;
+        file.source.path = hostile.to_owned();
+        node.offer_unchecked(&peer, vec![file]).await?;
+        let code = receiver.wait_exit(Duration::from_secs(30)).await?;
+        let out = receiver.output().join("\n");
+        assert_eq!(code, 4, "{hostile:?}: exit code; it printed:\n{out}");
+        assert!(out.contains("unsafe"), "{hostile:?}: says why:\n{out}");
+        assert!(
+            walk(&dest).is_empty(),
+            "{hostile:?}: wrote {:?}",
+            walk(&dest)
+        );
+        assert!(!work.join("escape.txt").exists(), "{hostile:?} escaped");
+        assert!(!Path::new("/tmp/ferry-absolute.txt").exists());
+        node.close().await;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

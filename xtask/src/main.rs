@@ -174,7 +174,7 @@ fn ensure_browser() -> Result<()> {
 /// What the end-to-end tests start besides the browser: coturn for TURN.
 fn ensure_test_services() -> Result<()> {
     ensure_browser()?;
-    ensure_debian(&[("turnserver", "coturn")])
+    ensure_debian(&[("turnserver", "coturn"), ("redis-server", "redis-server")])
 }
 
 fn build_wasm() -> Result<()> {
