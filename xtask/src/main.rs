@@ -44,7 +44,7 @@ enum Task {
     Setup,
     /// Run a benchmark; prints one JSON object as the last line.
     Bench {
-        /// Which benchmark: `connect`, `swap` or `signaling`.
+        /// Which benchmark: `connect`, `swap`, `signaling`, `signaling-cluster` or `native`.
         name: String,
         /// Extra arguments for the benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -379,6 +379,16 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 .env("FERRY_PEERSERVER_DIR", &peerserver);
             run(&mut in_loopback_namespace(&mut cmd))
         }
+        "signaling-cluster" => {
+            ensure_debian(&[("redis-server", "redis-server")])?;
+            build_release_tools("ferry-loadgen")?;
+            let mut cmd = Command::new(target_dir().join("release/ferry-loadgen"));
+            cmd.arg("cluster").args(args).env(
+                "FERRY_SIGNALING_BIN",
+                target_dir().join("release/ferry-signaling"),
+            );
+            run(&mut in_loopback_namespace(&mut cmd))
+        }
         "native" => {
             build_bench()?;
             run(cargo().args(["build", "--release", "-p", "ferry-native"]))?;
@@ -392,7 +402,9 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 .env("FERRY_NATIVE_BIN", target_dir().join("release/ferry"));
             run(&mut in_loopback_namespace(&mut cmd))
         }
-        other => bail!("unknown benchmark `{other}`; available: connect, swap, signaling, native"),
+        other => bail!(
+            "unknown benchmark `{other}`; available: connect, swap, signaling, signaling-cluster, native"
+        ),
     }
 }
 

@@ -55,12 +55,32 @@ enum Cli {
         #[arg(long)]
         only_ours: bool,
     },
+    /// Ferry alone, as several instances sharing rooms through a real
+    /// `redis-server`: each pair's members sit on different instances.
+    Cluster {
+        /// Connections in all (pairs × 2).
+        #[arg(long, default_value_t = 50_000)]
+        connections: usize,
+        /// Signaling instances.
+        #[arg(long, default_value_t = 3)]
+        instances: usize,
+        /// Total messages per second in the rate phase.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Seconds of the rate and blast phases.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// One worker process (spawned by `bench`).
     Worker {
         #[arg(long, value_enum)]
         kind: Kind,
         #[arg(long)]
         port: u16,
+        /// Port for the second member of each pair (another instance of a
+        /// cluster); the same as `--port` by default.
+        #[arg(long)]
+        port_b: Option<u16>,
         #[arg(long)]
         pairs: usize,
         #[arg(long)]
@@ -151,6 +171,7 @@ async fn connect(
 async fn worker(
     kind: Kind,
     port: u16,
+    port_b: u16,
     pairs: usize,
     src: std::net::Ipv4Addr,
     prefix: String,
@@ -176,7 +197,7 @@ async fn worker(
     for chunk in ids.chunks(wave) {
         let mut tasks = Vec::new();
         for (a, b, room) in chunk {
-            for (me, other) in [(a, b), (b, a)] {
+            for (me, other, port) in [(a, b, port), (b, a, port_b)] {
                 let (me, other, room) = (me.clone(), other.clone(), room.clone());
                 tasks.push(tokio::spawn(async move {
                     connect(kind, port, src, &me, &room)
@@ -389,19 +410,26 @@ fn percentile(hist: &[u64], p: f64) -> f64 {
     f64::NAN
 }
 
+async fn start_ferry(port: u16, extra: &[&str]) -> Result<Child> {
+    start_command(ferry_command(port, extra)?, port).await
+}
+
+fn ferry_command(port: u16, extra: &[&str]) -> Result<Command> {
+    let bin = std::env::var("FERRY_SIGNALING_BIN").context("FERRY_SIGNALING_BIN")?;
+    let mut c = Command::new(bin);
+    c.args(["--listen", &format!("127.0.0.1:{port}")])
+        // Load-test settings: the limits are for abuse, not for a benchmark.
+        .args(["--connections-per-ip-per-min", "0"])
+        .args(["--messages-per-sec", "100000", "--message-burst", "100000"])
+        .args(["--max-rooms", "1000000"])
+        .args(extra)
+        .env("FERRY_LOG", "warn");
+    Ok(c)
+}
+
 async fn start_server(kind: Kind, port: u16) -> Result<Child> {
-    let mut cmd = match kind {
-        Kind::Ferry => {
-            let bin = std::env::var("FERRY_SIGNALING_BIN").context("FERRY_SIGNALING_BIN")?;
-            let mut c = Command::new(bin);
-            c.args(["--listen", &format!("127.0.0.1:{port}")])
-                // Load-test settings: the limits are for abuse, not for a benchmark.
-                .args(["--connections-per-ip-per-min", "0"])
-                .args(["--messages-per-sec", "100000", "--message-burst", "100000"])
-                .args(["--max-rooms", "1000000"])
-                .env("FERRY_LOG", "warn");
-            c
-        }
+    let cmd = match kind {
+        Kind::Ferry => ferry_command(port, &[])?,
         Kind::Peerjs => {
             let dir = std::env::var("FERRY_PEERSERVER_DIR").context("FERRY_PEERSERVER_DIR")?;
             let mut c = Command::new("node");
@@ -409,6 +437,10 @@ async fn start_server(kind: Kind, port: u16) -> Result<Child> {
             c
         }
     };
+    start_command(cmd, port).await
+}
+
+async fn start_command(mut cmd: Command, port: u16) -> Result<Child> {
     let child = cmd
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -430,15 +462,26 @@ async fn start_server(kind: Kind, port: u16) -> Result<Child> {
 }
 
 /// One sending phase across all workers; the merged figures.
+/// Summed (RSS bytes, CPU seconds) of the server processes.
+fn servers_stat(pids: &[u32]) -> Result<(u64, f64)> {
+    let mut out = (0u64, 0f64);
+    for &p in pids {
+        let (r, c) = proc_stat(p).context("server stats")?;
+        out.0 += r;
+        out.1 += c;
+    }
+    Ok(out)
+}
+
 async fn phase(
     workers: &mut [Worker],
     kind: Kind,
-    pid: u32,
+    pids: &[u32],
     name: &str,
     total_rate: u64,
     secs: u64,
 ) -> Result<Value> {
-    let (_, t0) = proc_stat(pid).context("server stats")?;
+    let (_, t0) = servers_stat(pids)?;
     let n = workers.len() as u64;
     for w in workers.iter_mut() {
         w.say(&format!("send {} {secs}", total_rate / n)).await?;
@@ -457,7 +500,7 @@ async fn phase(
             hist[b.min(BUCKETS - 1)] += pair[1].as_u64().unwrap_or(0);
         }
     }
-    let (_, t1) = proc_stat(pid).context("server stats")?;
+    let (_, t1) = servers_stat(pids)?;
     let cpu = (t1 - t0) / took.max(0.001);
     let out = json!({
         "sent": sent,
@@ -474,8 +517,8 @@ async fn phase(
 }
 
 /// The closed-loop phase: the relayed rate the server sustains.
-async fn blast_phase(workers: &mut [Worker], kind: Kind, pid: u32, secs: u64) -> Result<Value> {
-    let (_, t0) = proc_stat(pid).context("server stats")?;
+async fn blast_phase(workers: &mut [Worker], kind: Kind, pids: &[u32], secs: u64) -> Result<Value> {
+    let (_, t0) = servers_stat(pids)?;
     for w in workers.iter_mut() {
         w.say(&format!("blast 4 {secs}")).await?;
     }
@@ -487,7 +530,7 @@ async fn blast_phase(workers: &mut [Worker], kind: Kind, pid: u32, secs: u64) ->
         took = took.max(r["secs"].as_f64().unwrap_or(0.0));
         in_flight += r["in_flight"].as_u64().unwrap_or(0);
     }
-    let (_, t1) = proc_stat(pid).context("server stats")?;
+    let (_, t1) = servers_stat(pids)?;
     let out = json!({
         "relayed_per_s": (received as f64 / took.max(0.001)).round(),
         "in_flight": in_flight,
@@ -497,12 +540,118 @@ async fn blast_phase(workers: &mut [Worker], kind: Kind, pid: u32, secs: u64) ->
     Ok(out)
 }
 
+fn spawn_worker(
+    me: &std::path::Path,
+    kind: Kind,
+    port: u16,
+    port_b: u16,
+    pairs: usize,
+    i: usize,
+) -> Result<Worker> {
+    let mut child = Command::new(me)
+        .args([
+            "worker",
+            "--kind",
+            if kind == Kind::Ferry {
+                "ferry"
+            } else {
+                "peerjs"
+            },
+        ])
+        .args(["--port", &port.to_string(), "--port-b", &port_b.to_string()])
+        .args(["--pairs", &pairs.to_string()])
+        .args([
+            "--src-ip",
+            &format!("127.0.0.{}", 2 + i),
+            "--prefix",
+            &format!("w{i}"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    Ok(Worker { child, lines })
+}
+
+/// Pairs per worker process: 9,000 connections, under the 20,000 open
+/// files a process may hold here.
+const PAIRS_PER_WORKER: usize = 4_500;
+
+async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64) -> Result<()> {
+    let redis_port = ferry_e2e::free_port()?;
+    let _redis = ferry_e2e::Redis::start_on(redis_port).await?;
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..instances.max(1) {
+        let port = ferry_e2e::free_port()?;
+        servers.push(start_ferry(port, &["--redis", &url]).await?);
+        ports.push(port);
+    }
+    let pids: Vec<u32> = servers.iter().filter_map(|s| s.id()).collect();
+    let rss0: Vec<u64> = pids
+        .iter()
+        .filter_map(|&p| ferry_e2e::process_rss(p))
+        .collect();
+    let me = std::env::current_exe()?;
+    let mut workers = Vec::new();
+    let started = Instant::now();
+    let (mut left, mut i) = (connections / 2, 0usize);
+    while left > 0 {
+        let n = left.min(PAIRS_PER_WORKER);
+        let (a, b) = (ports[i % ports.len()], ports[(i + 1) % ports.len()]);
+        workers.push(spawn_worker(&me, Kind::Ferry, a, b, n, i)?);
+        left -= n;
+        i += 1;
+    }
+    let mut held = 0usize;
+    for w in &mut workers {
+        held += w
+            .expect("ready", Duration::from_secs(600))
+            .await?
+            .parse::<usize>()?;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1: Vec<u64> = pids
+        .iter()
+        .filter_map(|&p| ferry_e2e::process_rss(p))
+        .collect();
+    let per_conn =
+        rss1.iter().sum::<u64>().saturating_sub(rss0.iter().sum()) as f64 / held.max(1) as f64;
+    println!(
+        "Ferry x{}: {held} connections in {connect_secs:.1} s, every pair split across two instances; server RSS {:?} MB, {:.2} KiB per connection",
+        ports.len(),
+        rss1.iter().map(|r| r / 1_000_000).collect::<Vec<_>>(),
+        per_conn / 1024.0
+    );
+    let steady = phase(&mut workers, Kind::Ferry, &pids, "cluster rate", rate, secs).await?;
+    let blast = blast_phase(&mut workers, Kind::Ferry, &pids, secs).await?;
+    for w in &mut workers {
+        let _ = w.say("quit").await;
+    }
+    println!(
+        "{}",
+        json!({
+            "bench": "signaling-cluster",
+            "instances": ports.len(),
+            "connections": held,
+            "connect_secs": (connect_secs * 10.0).round() / 10.0,
+            "rss_per_conn_kib": (per_conn / 1024.0 * 100.0).round() / 100.0,
+            "rate": steady,
+            "blast": blast,
+        })
+    );
+    Ok(())
+}
+
 async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result<Value> {
     let port = ferry_e2e::free_port()?;
     let server = start_server(kind, port).await?;
     let pid = server.id().context("no pid")?;
     let (rss0, c0) = proc_stat(pid).context("server stats")?;
-    let per_worker_pairs = 4_500;
+    let per_worker_pairs = PAIRS_PER_WORKER;
     let pairs = connections / 2;
     let me = std::env::current_exe()?;
     let mut workers = Vec::new();
@@ -511,29 +660,7 @@ async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result
     let mut i = 0;
     while left > 0 {
         let n = left.min(per_worker_pairs);
-        let mut child = Command::new(&me)
-            .args([
-                "worker",
-                "--kind",
-                if kind == Kind::Ferry {
-                    "ferry"
-                } else {
-                    "peerjs"
-                },
-            ])
-            .args(["--port", &port.to_string(), "--pairs", &n.to_string()])
-            .args([
-                "--src-ip",
-                &format!("127.0.0.{}", 2 + i),
-                "--prefix",
-                &format!("w{i}"),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        workers.push(Worker { child, lines });
+        workers.push(spawn_worker(&me, kind, port, port, n, i)?);
         left -= n;
         i += 1;
     }
@@ -555,8 +682,8 @@ async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result
         rss1 as f64 / 1e6,
         per_conn / 1024.0
     );
-    let steady = phase(&mut workers, kind, pid, "rate", rate, secs).await?;
-    let blast = blast_phase(&mut workers, kind, pid, secs).await?;
+    let steady = phase(&mut workers, kind, &[pid], "rate", rate, secs).await?;
+    let blast = blast_phase(&mut workers, kind, &[pid], secs).await?;
     for w in &mut workers {
         let _ = w.say("quit").await;
     }
@@ -614,12 +741,19 @@ async fn main() -> Result<()> {
                 bench(connections, rate, secs).await
             }
         }
+        Cli::Cluster {
+            connections,
+            instances,
+            rate,
+            secs,
+        } => run_cluster(connections, instances, rate, secs).await,
         Cli::Worker {
             kind,
             port,
+            port_b,
             pairs,
             src_ip,
             prefix,
-        } => worker(kind, port, pairs, src_ip, prefix).await,
+        } => worker(kind, port, port_b.unwrap_or(port), pairs, src_ip, prefix).await,
     }
 }
