@@ -3,6 +3,7 @@
 // this module renders its events and forwards clicks.
 import init, { FerryClient, newRoomCode, normalizeRoomCode, preconnect, qrSvg } from "./pkg/ferry_wasm.js";
 import { StreamSink } from "./stream-sink.js";
+import { Calls } from "./call.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +23,7 @@ const STATE_PILL = { connecting: "pill-warn", connected: "pill-ok", disconnected
 const ferry = (window.__ferry = { FerryClient, client: null, joinedAt: null, startedAt: null, openedAt: {}, events: [] });
 
 let client = null;
+let calls = null;
 let peers = new Map(); // id -> {name, state, route}
 let selfId = null;
 
@@ -250,7 +252,17 @@ function applyEvent(e) {
     case "transfer":
       applyTransferEvent(e.event);
       break;
+    case "call":
+      callsView().onEvent(e.event);
+      break;
   }
+  if (e.type === "peer_state" && e.state === "connected") callsView().watchPeer(e.peer_id);
+  if (e.type === "peer_left") callsView().peerGone(e.peer_id);
+}
+
+function callsView() {
+  calls ??= new Calls({ client: () => client, peerName, say: (text) => addMessage({ text, system: true }) });
+  return calls;
 }
 
 // ---- Files ----------------------------------------------------------------
@@ -767,6 +779,8 @@ function enterRoom(code) {
 }
 
 function leaveRoom(toLanding = true) {
+  calls?.teardown();
+  calls?.render();
   pendingEvents = [];
   pendingStart = null;
   transfers.clear();
@@ -891,3 +905,7 @@ main().catch((err) => {
   console.error(err);
   showBanner(`Ferry could not start: ${err.message}`, true);
 });
+
+// The call panel works before anyone is connected (a call started alone
+// rings whoever joins later).
+callsView();

@@ -45,6 +45,7 @@
 //! still connected to recognise it.
 #![forbid(unsafe_code)]
 
+pub mod call;
 mod link;
 pub mod room_code;
 pub mod transfer;
@@ -57,6 +58,7 @@ use ferry_protocol::{
 };
 use serde::Serialize;
 
+use call::{CallEngine, CallError, CallEvent, CallOutput};
 use link::{Link, LinkOutput};
 pub use link::{LinkState, PeerCommand, SdpKind};
 use transfer::{
@@ -93,6 +95,9 @@ pub enum Error {
     /// A file transfer request was refused.
     #[error(transparent)]
     Transfer(#[from] TransferError),
+    /// A call request was refused.
+    #[error(transparent)]
+    Call(#[from] CallError),
 }
 
 /// Tuning of a [`Session`]. The defaults suit interactive use.
@@ -322,6 +327,11 @@ pub enum Event {
         /// What happened.
         event: TransferEvent,
     },
+    /// Something happened to a call.
+    Call {
+        /// What happened.
+        event: CallEvent,
+    },
     /// A peer sent something we could not understand; it was dropped.
     PeerError {
         /// The peer.
@@ -397,6 +407,7 @@ pub struct Session {
     members: BTreeMap<PeerId, Member>,
     outputs: VecDeque<Output>,
     transfers: TransferEngine,
+    calls: CallEngine,
 }
 
 impl Session {
@@ -413,6 +424,7 @@ impl Session {
             members: BTreeMap::new(),
             outputs: VecDeque::new(),
             transfers: TransferEngine::new(config.transfer.clone()),
+            calls: CallEngine::new(),
             config,
         };
         s.connect_server(now);
@@ -768,6 +780,8 @@ impl Session {
     fn remove_member(&mut self, peer: &PeerId) {
         self.transfers.peer_lost(peer);
         self.pump_transfers();
+        self.calls.peer_gone(peer);
+        self.pump_calls();
         if let Some(member) = self.members.remove(peer) {
             if member.link.is_some() {
                 self.outputs.push_back(Output::Peer {
@@ -836,6 +850,8 @@ impl Session {
         let mut out = Vec::new();
         let mut events = Vec::new();
         let mut transfer_input: Option<TransferInput> = None;
+        let mut call_input: Option<PeerMessage> = None;
+        let mut gone = false;
         let set_state = |link: &mut Link, state: LinkState, events: &mut Vec<Event>| {
             if link.state != state {
                 link.state = state;
@@ -898,6 +914,7 @@ impl Session {
                 link.channel_open = false;
                 set_state(link, LinkState::Closed, &mut events);
                 transfer_input = Some(TransferInput::Lost);
+                gone = true;
             }
             PeerEvent::Binary(bytes) => transfer_input = Some(TransferInput::Frame(bytes)),
             PeerEvent::Text(text) => match PeerMessage::decode(&text) {
@@ -905,7 +922,7 @@ impl Session {
                     from: peer.clone(),
                     text,
                 }),
-                Ok(_) => {}
+                Ok(msg) => call_input = Some(msg),
                 Err(e) => events.push(Event::PeerError {
                     peer_id: peer.clone(),
                     message: format!("dropped a message: {e}"),
@@ -919,6 +936,13 @@ impl Session {
         }
         self.outputs.extend(events.into_iter().map(Output::Event));
         self.emit_link(peer, out);
+        if let Some(msg) = call_input {
+            self.calls.handle(peer, msg);
+        }
+        if gone {
+            self.calls.peer_gone(peer);
+        }
+        self.pump_calls();
         match transfer_input {
             Some(TransferInput::Ready) => self.transfers.peer_ready(peer),
             Some(TransferInput::Lost) => self.transfers.peer_lost(peer),
@@ -933,6 +957,71 @@ impl Session {
             None => {}
         }
         self.pump_transfers();
+    }
+
+    /// Moves the call engine's outputs into the session's.
+    fn pump_calls(&mut self) {
+        while let Some(o) = self.calls.poll_output() {
+            match o {
+                CallOutput::Send(peer, msg) => {
+                    let open = self
+                        .members
+                        .get(&peer)
+                        .and_then(|m| m.link.as_ref())
+                        .is_some_and(|l| l.channel_open);
+                    if open {
+                        self.outputs.push_back(Output::Peer {
+                            peer,
+                            command: PeerCommand::SendText(msg.encode()),
+                        });
+                    }
+                }
+                CallOutput::Event(event) => self.outputs.push_back(Output::Event(Event::Call { event })),
+            }
+        }
+    }
+
+    /// Starts a call (`call`: a random id of letters and digits from the
+    /// driver) and invites every connected peer.
+    pub fn start_call(&mut self, call: &str) -> Result<(), Error> {
+        let peers = self.connected_peers();
+        self.calls.start(call.to_owned(), &peers)?;
+        self.pump_calls();
+        Ok(())
+    }
+
+    /// Invites one more connected peer to the call we are in.
+    pub fn invite_to_call(&mut self, peer: &PeerId) -> Result<(), Error> {
+        self.calls.invite(peer)?;
+        self.pump_calls();
+        Ok(())
+    }
+
+    /// Answers the ringing call.
+    pub fn answer_call(&mut self) -> Result<(), Error> {
+        let peers = self.connected_peers();
+        self.calls.answer(&peers)?;
+        self.pump_calls();
+        Ok(())
+    }
+
+    /// Declines the ringing call.
+    pub fn decline_call(&mut self) -> Result<(), Error> {
+        self.calls.decline()?;
+        self.pump_calls();
+        Ok(())
+    }
+
+    /// Leaves the call (or declines a ringing one).
+    pub fn hang_up(&mut self) -> Result<(), Error> {
+        self.calls.hang_up()?;
+        self.pump_calls();
+        Ok(())
+    }
+
+    /// The peers our media goes to, in the call we are in.
+    pub fn call_participants(&self) -> Vec<PeerId> {
+        self.calls.participants()
     }
 
     /// Moves the transfer engine's outputs into the session's.

@@ -86,6 +86,7 @@ struct Net {
     fifo: HashMap<(usize, bool), Millis>,
     chats: Vec<(usize, PeerId, String)>,
     transfer_events: Vec<(usize, transfer::TransferEvent)>,
+    call_events: Vec<(usize, crate::call::CallEvent)>,
     sources: HashMap<transfer::TransferId, Vec<Vec<u8>>>,
     disk: HashMap<(usize, transfer::TransferId, u32), Vec<u8>>,
     /// Every `addIceCandidate` issued without a remote description.
@@ -109,6 +110,7 @@ impl Net {
             fifo: HashMap::new(),
             chats: Vec::new(),
             transfer_events: Vec::new(),
+            call_events: Vec::new(),
             sources: HashMap::new(),
             disk: HashMap::new(),
             violations: Vec::new(),
@@ -200,6 +202,21 @@ impl Net {
                             .unwrap();
                     }
                     self.transfer_events.push((i, event));
+                }
+                Output::Event(Event::Call { event }) => {
+                    match &event {
+                        // Everyone answers; media changes renegotiate, as a
+                        // driver does after adding or removing tracks.
+                        crate::call::CallEvent::Incoming { .. } => {
+                            self.sessions[i].answer_call().unwrap();
+                        }
+                        crate::call::CallEvent::SendMedia { peer }
+                        | crate::call::CallEvent::StopMedia { peer } => {
+                            self.sessions[i].renegotiate(peer);
+                        }
+                        _ => {}
+                    }
+                    self.call_events.push((i, event));
                 }
                 Output::Event(_) => {}
                 Output::ReadChunk {
@@ -612,6 +629,41 @@ fn two_peers_connect_and_chat() {
     net.drain(a);
     net.run_until(3_000);
     assert_eq!(net.chats, vec![(b, net.id_of(a), "hello".to_string())]);
+}
+
+#[test]
+fn a_call_of_four_renegotiates_every_link_and_a_hang_up_stops_media() {
+    let mut net = Net::new(21);
+    for _ in 0..4 {
+        net.add_session();
+        net.run_until(net.now + 100);
+    }
+    net.run_until(net.now + 3_000);
+    assert!(net.all_connected());
+    net.sessions[0].start_call("c0ffee").unwrap();
+    net.drain(0);
+    net.run_until(net.now + 5_000);
+    assert!(net.violations.is_empty(), "{:?}", net.violations);
+    for i in 0..4 {
+        let mut got = net.sessions[i].call_participants();
+        got.sort();
+        let mut want: Vec<PeerId> = (0..4).filter(|&j| j != i).map(|j| net.id_of(j)).collect();
+        want.sort();
+        assert_eq!(got, want, "session {i}");
+    }
+    // Renegotiation for media kept every link up, and chat still flows.
+    assert!(net.all_connected());
+    assert_eq!(net.sessions[1].send_chat("during the call").unwrap(), 3);
+    net.drain(1);
+    net.sessions[2].hang_up().unwrap();
+    net.drain(2);
+    net.run_until(net.now + 3_000);
+    for i in [0, 1, 3] {
+        assert!(!net.sessions[i].call_participants().contains(&net.id_of(2)), "session {i}");
+    }
+    assert!(net.sessions[2].call_participants().is_empty());
+    assert_eq!(net.chats.iter().filter(|c| c.2 == "during the call").count(), 3);
+    assert!(net.all_connected());
 }
 
 #[test]

@@ -773,6 +773,77 @@ impl FerryClient {
     }
 }
 
+#[wasm_bindgen]
+impl FerryClient {
+    /// Starts a call and invites everyone connected; returns the call id.
+    /// Add media tracks on each `send_media` event.
+    #[wasm_bindgen(js_name = startCall)]
+    pub fn start_call(&self) -> Result<String, Error> {
+        let crypto = web_sys::window()
+            .ok_or_else(|| Error::Js("no window".into()))?
+            .crypto()?;
+        let mut bytes = [0u8; 8];
+        crypto.get_random_values_with_u8_array(&mut bytes)?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.shared.borrow_mut().session.start_call(&id)?;
+        pump(&self.shared);
+        Ok(id)
+    }
+
+    /// Answers the ringing call.
+    #[wasm_bindgen(js_name = answerCall)]
+    pub fn answer_call(&self) -> Result<(), Error> {
+        self.shared.borrow_mut().session.answer_call()?;
+        pump(&self.shared);
+        Ok(())
+    }
+
+    /// Declines the ringing call.
+    #[wasm_bindgen(js_name = declineCall)]
+    pub fn decline_call(&self) -> Result<(), Error> {
+        self.shared.borrow_mut().session.decline_call()?;
+        pump(&self.shared);
+        Ok(())
+    }
+
+    /// Leaves the call.
+    #[wasm_bindgen(js_name = hangUp)]
+    pub fn hang_up(&self) -> Result<(), Error> {
+        self.shared.borrow_mut().session.hang_up()?;
+        pump(&self.shared);
+        Ok(())
+    }
+
+    /// Invites a peer that joined the room after the call started.
+    #[wasm_bindgen(js_name = inviteToCall)]
+    pub fn invite_to_call(&self, peer: &str) -> Result<(), Error> {
+        let peer = PeerId::new(peer)?;
+        self.shared.borrow_mut().session.invite_to_call(&peer)?;
+        pump(&self.shared);
+        Ok(())
+    }
+
+    /// The `RTCPeerConnection` to a peer, for adding media tracks, reading
+    /// remote ones and statistics; `undefined` when there is none.
+    #[wasm_bindgen(js_name = peerConnection)]
+    pub fn peer_connection(&self, peer: &str) -> Option<web_sys::RtcPeerConnection> {
+        let peer = PeerId::new(peer).ok()?;
+        self.shared
+            .borrow()
+            .peers
+            .get(&peer)
+            .map(|p| p.connection().clone())
+    }
+
+    /// Starts an offer/answer round with a peer after its tracks changed.
+    pub fn renegotiate(&self, peer: &str) -> Result<(), Error> {
+        let peer = PeerId::new(peer)?;
+        self.shared.borrow_mut().session.renegotiate(&peer);
+        pump(&self.shared);
+        Ok(())
+    }
+}
+
 impl FerryClient {
     fn close(&self, say_leave: bool) {
         {

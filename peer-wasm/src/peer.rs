@@ -210,6 +210,11 @@ impl PeerConn {
         self.generation
     }
 
+    /// The connection itself, for the page's media tracks and statistics.
+    pub(crate) fn connection(&self) -> &RtcPeerConnection {
+        &self.pc
+    }
+
     /// Carries out a command that needs no new connection.
     pub(crate) fn perform(&self, command: PeerCommand) {
         match command {

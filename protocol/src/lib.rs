@@ -435,6 +435,37 @@ pub enum PeerMessage {
         /// The text, 1 to [`MAX_CHAT_BYTES`] bytes.
         text: String,
     },
+    /// The sender is in call `call` and invites the receiver to it.
+    CallInvite {
+        /// The call's id, 1 to [`MAX_CALL_ID_LEN`] letters and digits.
+        call: String,
+    },
+    /// The sender takes part in call `call`: send it media. Sent to every
+    /// connected peer on answering, and back once to a newly met participant.
+    CallJoin {
+        /// The call's id.
+        call: String,
+    },
+    /// The sender will not take part in call `call`.
+    CallDecline {
+        /// The call's id.
+        call: String,
+        /// Why (`declined`, `busy`, `full`), for the inviter's UI.
+        #[serde(default)]
+        reason: String,
+    },
+    /// The sender left call `call`: stop sending it media.
+    CallLeave {
+        /// The call's id.
+        call: String,
+    },
+}
+
+/// Longest call id.
+pub const MAX_CALL_ID_LEN: usize = 32;
+
+fn valid_call_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_CALL_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn decode_json<'a, T: Deserialize<'a>>(text: &'a str, limit: usize) -> Result<T, ProtocolError> {
@@ -506,6 +537,19 @@ impl PeerMessage {
             Self::Chat { text } if text.is_empty() || text.len() > MAX_CHAT_BYTES => {
                 Err(ProtocolError::InvalidChat)
             }
+            Self::CallInvite { call }
+            | Self::CallJoin { call }
+            | Self::CallLeave { call }
+            | Self::CallDecline { call, .. }
+                if !valid_call_id(call) =>
+            {
+                Err(ProtocolError::Malformed(
+                    "a call id is 1 to 32 letters and digits".into(),
+                ))
+            }
+            Self::CallDecline { reason, .. } if reason.len() > 64 => Err(
+                ProtocolError::Malformed("a decline reason is at most 64 bytes".into()),
+            ),
             _ => Ok(msg),
         }
     }
@@ -684,6 +728,37 @@ mod tests {
 
     #[test]
     fn golden_peer_messages() {
+        for (msg, json) in [
+            (
+                PeerMessage::CallInvite { call: "c1".into() },
+                r#"{"type":"call_invite","call":"c1"}"#,
+            ),
+            (
+                PeerMessage::CallJoin { call: "c1".into() },
+                r#"{"type":"call_join","call":"c1"}"#,
+            ),
+            (
+                PeerMessage::CallDecline {
+                    call: "c1".into(),
+                    reason: "busy".into(),
+                },
+                r#"{"type":"call_decline","call":"c1","reason":"busy"}"#,
+            ),
+            (
+                PeerMessage::CallLeave { call: "c1".into() },
+                r#"{"type":"call_leave","call":"c1"}"#,
+            ),
+        ] {
+            assert_eq!(msg.encode(), json);
+            assert_eq!(PeerMessage::decode(json).unwrap(), msg);
+        }
+        for bad in [
+            r#"{"type":"call_invite","call":""}"#,
+            r#"{"type":"call_join","call":"no spaces"}"#,
+            r#"{"type":"call_leave","call":"0123456789012345678901234567890123"}"#,
+        ] {
+            assert!(PeerMessage::decode(bad).is_err(), "{bad}");
+        }
         let chat = PeerMessage::Chat { text: "hi".into() };
         assert_eq!(chat.encode(), r#"{"type":"chat","text":"hi"}"#);
         assert_eq!(PeerMessage::decode(&chat.encode()).unwrap(), chat);
