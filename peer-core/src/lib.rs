@@ -976,7 +976,9 @@ impl Session {
                         });
                     }
                 }
-                CallOutput::Event(event) => self.outputs.push_back(Output::Event(Event::Call { event })),
+                CallOutput::Event(event) => {
+                    self.outputs.push_back(Output::Event(Event::Call { event }))
+                }
             }
         }
     }

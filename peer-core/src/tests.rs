@@ -659,10 +659,19 @@ fn a_call_of_four_renegotiates_every_link_and_a_hang_up_stops_media() {
     net.drain(2);
     net.run_until(net.now + 3_000);
     for i in [0, 1, 3] {
-        assert!(!net.sessions[i].call_participants().contains(&net.id_of(2)), "session {i}");
+        assert!(
+            !net.sessions[i].call_participants().contains(&net.id_of(2)),
+            "session {i}"
+        );
     }
     assert!(net.sessions[2].call_participants().is_empty());
-    assert_eq!(net.chats.iter().filter(|c| c.2 == "during the call").count(), 3);
+    assert_eq!(
+        net.chats
+            .iter()
+            .filter(|c| c.2 == "during the call")
+            .count(),
+        3
+    );
     assert!(net.all_connected());
 }
 

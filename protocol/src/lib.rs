@@ -547,9 +547,9 @@ impl PeerMessage {
                     "a call id is 1 to 32 letters and digits".into(),
                 ))
             }
-            Self::CallDecline { reason, .. } if reason.len() > 64 => Err(
-                ProtocolError::Malformed("a decline reason is at most 64 bytes".into()),
-            ),
+            Self::CallDecline { reason, .. } if reason.len() > 64 => Err(ProtocolError::Malformed(
+                "a decline reason is at most 64 bytes".into(),
+            )),
             _ => Ok(msg),
         }
     }

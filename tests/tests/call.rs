@@ -76,7 +76,10 @@ async fn wait_rising(page: &Page, peer: &str, field: &str, timeout: Duration) ->
             ok = 0;
         }
         if Instant::now() > deadline {
-            bail!("{field} from {peer} is not rising: {}", stats(page, peer).await?);
+            bail!(
+                "{field} from {peer} is not rising: {}",
+                stats(page, peer).await?
+            );
         }
     }
 }
@@ -85,11 +88,18 @@ async fn wait_rising(page: &Page, peer: &str, field: &str, timeout: Duration) ->
 async fn wait_flat(page: &Page, peer: &str, field: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if growth(page, peer, field, Duration::from_secs(1)).await?.abs() < 1e-9 {
+        if growth(page, peer, field, Duration::from_secs(1))
+            .await?
+            .abs()
+            < 1e-9
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{field} from {peer} does not stop: {}", stats(page, peer).await?);
+            bail!(
+                "{field} from {peer} does not stop: {}",
+                stats(page, peer).await?
+            );
         }
     }
 }
@@ -116,11 +126,18 @@ async fn two_pages_call_mute_turn_the_camera_off_and_share_the_screen() -> Resul
         .eval("return document.querySelector(\"[data-testid='tile'] .tile-stats\").textContent")
         .await?;
     let overlay = overlay.as_str().unwrap_or_default();
-    assert!(overlay.contains("kbit/s") && overlay.contains("RTT") && overlay.contains("host"), "stats overlay: {overlay:?}");
+    assert!(
+        overlay.contains("kbit/s") && overlay.contains("RTT") && overlay.contains("host"),
+        "stats overlay: {overlay:?}"
+    );
     let names = b
         .eval("return [...document.querySelectorAll(\"[data-testid='tile'] figcaption\")].map(f => f.textContent)")
         .await?;
-    assert_eq!(names.as_array().map(Vec::len), Some(1), "one remote tile: {names}");
+    assert_eq!(
+        names.as_array().map(Vec::len),
+        Some(1),
+        "one remote tile: {names}"
+    );
 
     // Mute: silence (no energy) reaches B; unmute brings the beep back.
     a.click("toggle-mic").await?;
@@ -141,7 +158,10 @@ async fn two_pages_call_mute_turn_the_camera_off_and_share_the_screen() -> Resul
     let deadline = Instant::now() + Duration::from_secs(15);
     while num(&stats(b, &ida).await?, "width") != 320.0 {
         if Instant::now() > deadline {
-            bail!("the shared screen does not arrive: {}", stats(b, &ida).await?);
+            bail!(
+                "the shared screen does not arrive: {}",
+                stats(b, &ida).await?
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -159,11 +179,17 @@ async fn two_pages_call_mute_turn_the_camera_off_and_share_the_screen() -> Resul
 
     // Hang up: B's tile for A goes away and A's call panel is idle.
     a.click("hang-up").await?;
-    b.wait_for("document.querySelectorAll(\"[data-testid='tile']\").length === 0", CONNECT)
-        .await
-        .context("B still shows A after A hung up")?;
-    a.wait_for("document.querySelector(\"[data-testid='call']\").dataset.state === 'idle'", CONNECT)
-        .await?;
+    b.wait_for(
+        "document.querySelectorAll(\"[data-testid='tile']\").length === 0",
+        CONNECT,
+    )
+    .await
+    .context("B still shows A after A hung up")?;
+    a.wait_for(
+        "document.querySelector(\"[data-testid='call']\").dataset.state === 'idle'",
+        CONNECT,
+    )
+    .await?;
     for p in pages {
         p.close().await?;
     }
@@ -198,9 +224,12 @@ async fn a_mesh_of_four_decodes_video_from_the_other_three() -> Result<()> {
     let gone = pages.pop().context("four pages")?;
     gone.close().await?;
     for (i, p) in pages.iter().enumerate() {
-        p.wait_for("document.querySelectorAll(\"[data-testid='tile']\").length === 2", Duration::from_secs(30))
-            .await
-            .with_context(|| format!("page {i} still shows the page that left"))?;
+        p.wait_for(
+            "document.querySelectorAll(\"[data-testid='tile']\").length === 2",
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("page {i} still shows the page that left"))?;
     }
     for p in pages {
         p.close().await?;
@@ -209,7 +238,8 @@ async fn a_mesh_of_four_decodes_video_from_the_other_three() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_file_swap_completes_during_a_call_and_a_page_without_camera_joins_with_sound() -> Result<()> {
+async fn a_file_swap_completes_during_a_call_and_a_page_without_camera_joins_with_sound()
+-> Result<()> {
     let server = Server::start(5_000).await?;
     let browser = Browser::start().await?;
     let pages = room_of(&browser, &server, 2).await?;
@@ -218,9 +248,18 @@ async fn a_file_swap_completes_during_a_call_and_a_page_without_camera_joins_wit
     // B has a microphone but no camera.
     b.eval("const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices); navigator.mediaDevices.getUserMedia = (c) => c.video ? Promise.reject(new DOMException('no camera', 'NotFoundError')) : real(c); return true").await?;
     call_all(&pages).await?;
-    b.wait_for("!document.querySelector(\"[data-testid='call-notice']\").hidden", CONNECT).await?;
-    let notice = b.eval("return document.querySelector(\"[data-testid='call-notice']\").textContent").await?;
-    assert!(notice.as_str().unwrap_or_default().contains("sound only"), "{notice}");
+    b.wait_for(
+        "!document.querySelector(\"[data-testid='call-notice']\").hidden",
+        CONNECT,
+    )
+    .await?;
+    let notice = b
+        .eval("return document.querySelector(\"[data-testid='call-notice']\").textContent")
+        .await?;
+    assert!(
+        notice.as_str().unwrap_or_default().contains("sound only"),
+        "{notice}"
+    );
     wait_rising(b, &ida, "framesDecoded", CONNECT).await?;
     wait_rising(a, &idb, "audioPackets", CONNECT).await?;
 
@@ -231,7 +270,9 @@ async fn a_file_swap_completes_during_a_call_and_a_page_without_camera_joins_wit
     b.wait_for("document.querySelector(\"li.transfer[data-direction='in'][data-state='offered']\") !== null", CONNECT).await?;
     b.click("accept-transfer").await?;
     b.wait_for("document.querySelector(\"li.transfer[data-direction='in']\").dataset.state === 'completed'", Duration::from_secs(120)).await?;
-    let shown = b.eval("return document.querySelector(\"[data-verified='true']\").dataset.hash").await?;
+    let shown = b
+        .eval("return document.querySelector(\"[data-verified='true']\").dataset.hash")
+        .await?;
     assert_eq!(shown.as_str(), Some(hash_file(&file)?.to_hex().as_str()));
     // The call is still alive.
     wait_rising(b, &ida, "framesDecoded", CONNECT).await?;
