@@ -7,13 +7,15 @@
 //!
 //! - `ferry:room:{code}:m`, a hash of the room's members (peer id → name,
 //!   instance, resume token, connection number), and `ferry:room:{code}:pw`,
-//!   the room password's hash. Both expire a TTL after the last
-//!   instance with members there stopped refreshing them (60 s). Joins, resumes and
-//!   leaves are Lua scripts, so room size, password and id checks are atomic
-//!   across instances.
-//! - `ferry:inst:{id}`, one key per live instance, refreshed every
-//!   [`HEARTBEAT`] with a short TTL. Members of an instance whose key is
-//!   gone are removed (and `peer_left` announced) by the survivors.
+//!   the room password's hash. Joins, resumes and leaves are Lua scripts, so
+//!   room size, password and id checks are atomic across instances; the
+//!   last leave deletes both.
+//! - `ferry:instances`, the set of instances, and per instance a liveness
+//!   key `ferry:inst:{id}` refreshed every [`HEARTBEAT`] with a short TTL,
+//!   and the set of rooms it has had members in. When an instance's key
+//!   expires, one survivor (a `SET NX` lock) reaps it: the members it still
+//!   holds are removed and `peer_left` is announced. Each tick is
+//!   O(instances) Redis work, whatever the number of rooms.
 //! - Pub/sub channel `ferry:to:{id}` per instance. A frame for a member on
 //!   another instance (a relayed signal, an announcement, "your seat moved")
 //!   is published to that member's instance, which delivers it locally.
@@ -45,8 +47,8 @@ use crate::rooms::{self, MemberTx, RoomRegistry, Seat};
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Lifetime of an instance's liveness key.
 const INSTANCE_TTL_SECS: u64 = 6;
-/// Lifetime of a room's keys without refreshes.
-const ROOM_TTL_SECS: u64 = 60;
+/// How long a looked-up route to a member on another instance is reused.
+const ROUTE_TTL: Duration = Duration::from_secs(5);
 /// How long one Redis operation may take before the instance falls back.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -58,14 +60,14 @@ if ARGV[7] ~= '' and ARGV[8] ~= '' then
     local m = cjson.decode(cur)
     if m.token == ARGV[8] then
       redis.call('HSET', KEYS[1], ARGV[7], entry())
-      redis.call('EXPIRE', KEYS[1], ARGV[9])
+      redis.call('SADD', KEYS[3], ARGV[9])
       return {'resumed', ARGV[7], m.inst, redis.call('HGETALL', KEYS[1])}
     end
   end
 end
 local n = redis.call('HLEN', KEYS[1])
 if n == 0 then
-  if ARGV[6] ~= '' then redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[9]) else redis.call('DEL', KEYS[2]) end
+  if ARGV[6] ~= '' then redis.call('SET', KEYS[2], ARGV[6]) else redis.call('DEL', KEYS[2]) end
 else
   local want = redis.call('GET', KEYS[2])
   if want and want ~= ARGV[6] then return {'wrong_password'} end
@@ -75,7 +77,7 @@ local id = ARGV[1]
 if ARGV[7] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[7]) == 0 then id = ARGV[7] end
 if redis.call('HEXISTS', KEYS[1], id) == 1 then return {'retry'} end
 redis.call('HSET', KEYS[1], id, entry())
-redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('SADD', KEYS[3], ARGV[9])
 return {'joined', id, '', redis.call('HGETALL', KEYS[1])}
 "#;
 
@@ -116,6 +118,9 @@ struct Envelope {
     /// This member's seat moved to another instance: drop it quietly.
     #[serde(default)]
     replaced: Option<String>,
+    /// Times this frame was forwarded after a stale route.
+    #[serde(default)]
+    hops: u8,
 }
 
 fn members_key(room: &RoomCode) -> String {
@@ -129,6 +134,14 @@ fn password_key(room: &RoomCode) -> String {
 fn instance_key(id: &str) -> String {
     format!("ferry:inst:{id}")
 }
+
+/// The rooms an instance has (had) members in, for reaping it.
+fn rooms_of(id: &str) -> String {
+    format!("ferry:inst:{id}:rooms")
+}
+
+/// Every instance that ever joined and was not reaped yet.
+const INSTANCES: &str = "ferry:instances";
 
 fn inbox(id: &str) -> String {
     format!("ferry:to:{id}")
@@ -183,6 +196,8 @@ pub(crate) struct Cluster {
     join: redis::Script,
     remove: redis::Script,
     max_room_size: usize,
+    /// Recently looked-up instances of remote members.
+    routes: std::sync::Mutex<HashMap<(RoomCode, PeerId), (String, std::time::Instant)>>,
 }
 
 impl Cluster {
@@ -200,6 +215,7 @@ impl Cluster {
             join: redis::Script::new(JOIN),
             remove: redis::Script::new(REMOVE),
             max_room_size,
+            routes: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -282,6 +298,7 @@ impl Cluster {
                     except: Some(except.to_string()),
                     text: Some(text.to_string()),
                     replaced: None,
+                    hops: 0,
                 },
             )
             .await;
@@ -316,11 +333,12 @@ impl Cluster {
                 Ok(id) => id,
                 Err(e) => return Some(Err(e)),
             };
-            let keys = [members_key(room), password_key(room)];
+            let keys = [members_key(room), password_key(room), rooms_of(&self.id)];
             let mut invocation = self.join.prepare_invoke();
             invocation
                 .key(&keys[0])
                 .key(&keys[1])
+                .key(&keys[2])
                 .arg(candidate.as_str())
                 .arg(&name)
                 .arg(&self.id)
@@ -329,7 +347,7 @@ impl Cluster {
                 .arg(&pw)
                 .arg(rejoin_as.as_ref().map_or("", |p| p.as_str()))
                 .arg(token.unwrap_or(""))
-                .arg(ROOM_TTL_SECS)
+                .arg(room.as_str())
                 .arg(conn.to_string());
             let reply: Vec<redis::Value> = self
                 .op("join", move |mut c| async move {
@@ -376,6 +394,7 @@ impl Cluster {
                                 except: None,
                                 text: None,
                                 replaced: Some(id.to_string()),
+                                hops: 0,
                             },
                         )
                         .await;
@@ -406,6 +425,47 @@ impl Cluster {
         to: &PeerId,
         text: Utf8Bytes,
     ) -> Option<Result<(), Error>> {
+        if !self.is_up() {
+            return None;
+        }
+        let key = (room.clone(), to.clone());
+        let cached = self.routes.lock().ok().and_then(|r| {
+            r.get(&key)
+                .filter(|(_, at)| at.elapsed() < ROUTE_TTL)
+                .map(|(i, _)| i.clone())
+        });
+        let inst = match cached {
+            Some(inst) => inst,
+            None => match self.lookup(room, to).await? {
+                Some(inst) => inst,
+                None => return Some(Err(Error::UnknownPeer(to.clone()))),
+            },
+        };
+        if inst == self.id {
+            // Ours, but not connected right now (its seat is kept).
+            return Some(Err(Error::RecipientBusy(to.clone())));
+        }
+        if let Ok(mut r) = self.routes.lock() {
+            r.insert(key, (inst.clone(), std::time::Instant::now()));
+        }
+        self.publish(
+            &inst,
+            &Envelope {
+                room: room.to_string(),
+                to: Some(to.to_string()),
+                except: None,
+                text: Some(text.to_string()),
+                replaced: None,
+                hops: 0,
+            },
+        )
+        .await;
+        Some(Ok(()))
+    }
+
+    /// The instance that holds a member, from Redis; `Some(None)` if the
+    /// member is not in the room.
+    async fn lookup(&self, room: &RoomCode, to: &PeerId) -> Option<Option<String>> {
         let key = members_key(room);
         let field = to.to_string();
         let stored: Option<String> = self
@@ -417,25 +477,11 @@ impl Cluster {
                     .await
             })
             .await?;
-        let Some(m) = stored.and_then(|s| serde_json::from_str::<Stored>(&s).ok()) else {
-            return Some(Err(Error::UnknownPeer(to.clone())));
-        };
-        if m.inst == self.id {
-            // Ours, but not connected right now (its seat is kept).
-            return Some(Err(Error::RecipientBusy(to.clone())));
-        }
-        self.publish(
-            &m.inst,
-            &Envelope {
-                room: room.to_string(),
-                to: Some(to.to_string()),
-                except: None,
-                text: Some(text.to_string()),
-                replaced: None,
-            },
+        Some(
+            stored
+                .and_then(|s| serde_json::from_str::<Stored>(&s).ok())
+                .map(|m| m.inst),
         )
-        .await;
-        Some(Ok(()))
     }
 
     /// Removes a member that `inst` holds (with connection `conn`, if given)
@@ -494,7 +540,10 @@ impl Cluster {
         }
     }
 
-    async fn connect_and_serve(&self, local: &RoomRegistry) -> redis::RedisResult<()> {
+    async fn connect_and_serve(
+        self: &Arc<Self>,
+        local: &Arc<RoomRegistry>,
+    ) -> redis::RedisResult<()> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
@@ -519,7 +568,7 @@ impl Cluster {
                     };
                     let Ok(payload) = msg.get_payload::<String>() else { continue };
                     match serde_json::from_str::<Envelope>(&payload) {
-                        Ok(env) => self.deliver(local, env),
+                        Ok(env) => self.deliver(local, env).await,
                         Err(e) => tracing::warn!(error = %e, "dropped a malformed cluster message"),
                     }
                 }
@@ -527,13 +576,22 @@ impl Cluster {
                     if !self.is_up() {
                         return Err(redis::RedisError::from((redis::ErrorKind::Io, "a Redis operation failed")));
                     }
-                    self.tick(manager.clone(), local).await?;
+                    for dead in self.tick(manager.clone()).await? {
+                        // Reaping reads every room the dead instance had:
+                        // off this loop, which must keep reading messages.
+                        let (me, local, c) = (self.clone(), local.clone(), manager.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = me.reap(c, &local, &dead).await {
+                                tracing::warn!(instance = %dead, error = %e, "reaping a dead instance failed; another try follows");
+                            }
+                        });
+                    }
                 }
             }
         }
     }
 
-    fn deliver(&self, local: &RoomRegistry, env: Envelope) {
+    async fn deliver(&self, local: &RoomRegistry, env: Envelope) {
         let Ok(room) = RoomCode::new(&env.room) else {
             return;
         };
@@ -544,15 +602,41 @@ impl Cluster {
         let Some(text) = env.text else { return };
         let to = env.to.and_then(|t| PeerId::new(t).ok());
         let except = env.except.and_then(|t| PeerId::new(t).ok());
+        if let Some(to) = &to
+            && !local.is_connected(&room, to)
+        {
+            // A stale route (the member moved): forward once.
+            if env.hops == 0
+                && let Some(Some(inst)) = self.lookup(&room, to).await
+                && inst != self.id
+            {
+                self.publish(
+                    &inst,
+                    &Envelope {
+                        room: room.to_string(),
+                        to: Some(to.to_string()),
+                        except: None,
+                        text: Some(text),
+                        replaced: None,
+                        hops: 1,
+                    },
+                )
+                .await;
+            }
+            return;
+        }
         local.deliver(&room, to.as_ref(), except.as_ref(), &Utf8Bytes::from(text));
     }
 
-    /// Writes this instance's members back after Redis was away.
+    /// Writes this instance's members back after Redis was away, in one
+    /// pipeline.
     async fn write_back(
         &self,
         mut c: redis::aio::ConnectionManager,
         local: &RoomRegistry,
     ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD").arg(INSTANCES).arg(&self.id).ignore();
         for (room, info, token, conn) in local.snapshot() {
             let stored = Stored {
                 name: info.name,
@@ -561,72 +645,91 @@ impl Cluster {
                 conn: conn.to_string(),
             };
             let json = serde_json::to_string(&stored).unwrap_or_default();
-            redis::pipe()
-                .cmd("HSET")
+            pipe.cmd("HSET")
                 .arg(members_key(&room))
                 .arg(info.id.as_str())
                 .arg(json)
                 .ignore()
-                .cmd("EXPIRE")
-                .arg(members_key(&room))
-                .arg(ROOM_TTL_SECS)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await?;
+                .cmd("SADD")
+                .arg(rooms_of(&self.id))
+                .arg(room.as_str())
+                .ignore();
         }
-        Ok(())
+        pipe.query_async::<()>(&mut c).await
     }
 
-    /// Refreshes liveness and rooms, and sweeps members of dead instances.
-    async fn tick(
-        &self,
-        mut c: redis::aio::ConnectionManager,
-        local: &RoomRegistry,
-    ) -> redis::RedisResult<()> {
-        redis::cmd("SET")
+    /// Refreshes this instance's liveness; returns the dead instances this
+    /// one has to reap. O(instances) work, whatever the number of rooms.
+    async fn tick(&self, mut c: redis::aio::ConnectionManager) -> redis::RedisResult<Vec<String>> {
+        let (_, _, instances): ((), (), Vec<String>) = redis::pipe()
+            .cmd("SET")
             .arg(instance_key(&self.id))
             .arg(1)
             .arg("EX")
             .arg(INSTANCE_TTL_SECS)
-            .query_async::<()>(&mut c)
+            .cmd("SADD")
+            .arg(INSTANCES)
+            .arg(&self.id)
+            .cmd("SMEMBERS")
+            .arg(INSTANCES)
+            .query_async(&mut c)
             .await?;
-        let mut alive: HashMap<String, bool> = HashMap::new();
-        alive.insert(self.id.clone(), true);
-        for room in local.room_codes() {
-            let (members, _, _): (HashMap<String, String>, i64, i64) = redis::pipe()
-                .cmd("HGETALL")
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.retain(|_, (_, at)| at.elapsed() < ROUTE_TTL);
+        }
+        let mut dead = Vec::new();
+        for inst in instances.into_iter().filter(|i| *i != self.id) {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(instance_key(&inst))
+                .query_async(&mut c)
+                .await?;
+            if alive {
+                continue;
+            }
+            // One survivor reaps each dead instance.
+            let won: Option<String> = redis::cmd("SET")
+                .arg(format!("ferry:reap:{inst}"))
+                .arg(&self.id)
+                .arg("NX")
+                .arg("EX")
+                .arg(30)
+                .query_async(&mut c)
+                .await?;
+            if won.is_some() {
+                dead.push(inst);
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Removes the members a dead instance still holds (those whose pages
+    /// did not take their seats elsewhere in time) and tells the rooms.
+    async fn reap(
+        &self,
+        mut c: redis::aio::ConnectionManager,
+        local: &RoomRegistry,
+        dead: &str,
+    ) -> redis::RedisResult<()> {
+        let rooms: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(rooms_of(dead))
+            .query_async(&mut c)
+            .await?;
+        let mut removed = 0usize;
+        for code in rooms {
+            let Ok(room) = RoomCode::new(&code) else {
+                continue;
+            };
+            let members: HashMap<String, String> = redis::cmd("HGETALL")
                 .arg(members_key(&room))
-                .cmd("EXPIRE")
-                .arg(members_key(&room))
-                .arg(ROOM_TTL_SECS)
-                .cmd("EXPIRE")
-                .arg(password_key(&room))
-                .arg(ROOM_TTL_SECS)
                 .query_async(&mut c)
                 .await?;
             for (id, json) in members {
                 let Ok(m) = serde_json::from_str::<Stored>(&json) else {
                     continue;
                 };
-                let live = match alive.get(&m.inst) {
-                    Some(l) => *l,
-                    None => {
-                        let l: bool = redis::cmd("EXISTS")
-                            .arg(instance_key(&m.inst))
-                            .query_async(&mut c)
-                            .await?;
-                        alive.insert(m.inst.clone(), l);
-                        l
-                    }
-                };
-                if live {
-                    continue;
-                }
                 let Ok(pid) = PeerId::new(id) else { continue };
-                // The instance holding it is gone and the seat was not
-                // taken back in time: it left.
-                if self.remove(&room, &pid, &m.inst, None).await {
-                    tracing::info!(room = %room, peer = %pid, instance = %m.inst, "peer of a dead instance removed");
+                if m.inst == dead && self.remove(&room, &pid, dead, None).await {
+                    removed += 1;
                     let text = rooms::encode(&ServerMessage::PeerLeft {
                         peer_id: pid.clone(),
                     });
@@ -634,6 +737,17 @@ impl Cluster {
                 }
             }
         }
+        redis::pipe()
+            .cmd("DEL")
+            .arg(rooms_of(dead))
+            .ignore()
+            .cmd("SREM")
+            .arg(INSTANCES)
+            .arg(dead)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        tracing::info!(instance = %dead, removed, "reaped a dead instance");
         Ok(())
     }
 }

@@ -408,9 +408,11 @@ impl RoomRegistry {
             .collect()
     }
 
-    /// The rooms this instance has members in.
-    pub(crate) fn room_codes(&self) -> Vec<RoomCode> {
-        self.lock().keys().cloned().collect()
+    /// Whether a member is here and connected.
+    pub(crate) fn is_connected(&self, room: &RoomCode, id: &PeerId) -> bool {
+        self.lock()
+            .get(room)
+            .is_some_and(|members| members.iter().any(|m| &m.info.id == id && m.tx.is_some()))
     }
 
     /// Whether the room exists here.

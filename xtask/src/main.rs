@@ -44,7 +44,7 @@ enum Task {
     Setup,
     /// Run a benchmark; prints one JSON object as the last line.
     Bench {
-        /// Which benchmark: `connect`, `swap`, `signaling`, `signaling-cluster` or `native`.
+        /// Which benchmark: `connect`, `swap`, `call`, `signaling`, `signaling-cluster` or `native`.
         name: String,
         /// Extra arguments for the benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -379,6 +379,15 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 .env("FERRY_PEERSERVER_DIR", &peerserver);
             run(&mut in_loopback_namespace(&mut cmd))
         }
+        "call" => {
+            build_bench()?;
+            let mut cmd = Command::new(target_dir().join("release/ferry-bench"));
+            cmd.arg("call").args(args).env(
+                "FERRY_SIGNALING_BIN",
+                target_dir().join("release/ferry-signaling"),
+            );
+            run(&mut in_loopback_namespace(&mut cmd))
+        }
         "signaling-cluster" => {
             ensure_debian(&[("redis-server", "redis-server")])?;
             build_release_tools("ferry-loadgen")?;
@@ -403,7 +412,7 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
             run(&mut in_loopback_namespace(&mut cmd))
         }
         other => bail!(
-            "unknown benchmark `{other}`; available: connect, swap, signaling, signaling-cluster, native"
+            "unknown benchmark `{other}`; available: connect, swap, call, signaling, signaling-cluster, native"
         ),
     }
 }

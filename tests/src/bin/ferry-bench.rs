@@ -544,9 +544,123 @@ async fn swap(mib: u64, tuning: Option<String>) -> Result<()> {
 #[path = "../native_bench.rs"]
 mod native_bench;
 
+/// One call: A rings, B answers; milliseconds from B's click on Answer to
+/// the first frame of A's video decoded in B.
+async fn answer_to_frame(a: &Page, b: &Page, ida: &str) -> Result<f64> {
+    a.click("start-call").await?;
+    b.wait_for(
+        "!document.querySelector(\"[data-testid='incoming-call']\").hidden",
+        Duration::from_secs(20),
+    )
+    .await?;
+    let ms = b
+        .eval_async(&format!(
+            "const done = arguments[arguments.length - 1];
+             const c = window.__ferry.calls;
+             const t0 = performance.now();
+             document.querySelector(\"[data-testid='answer-call']\").click();
+             const poll = async () => {{
+               const s = await c.peerStats('{ida}');
+               if (s && s.framesDecoded > 0) return done(performance.now() - t0);
+               if (performance.now() - t0 > 20000) return done(-1);
+               setTimeout(poll, 5);
+             }};
+             poll();"
+        ))
+        .await?
+        .as_f64()
+        .context("no time")?;
+    anyhow::ensure!(ms >= 0.0, "no frame within 20 s");
+    Ok(ms)
+}
+
+async fn hang_up_both(a: &Page, b: &Page) -> Result<()> {
+    for p in [a, b] {
+        p.eval("const c = window.__ferry.calls; if (c.call || c.ringing) c.hangUp(); return true")
+            .await?;
+    }
+    for p in [a, b] {
+        p.wait_for(
+            "document.querySelectorAll(\"[data-testid='tile']\").length === 0 && document.querySelector(\"[data-testid='call']\").dataset.state === 'idle'",
+            Duration::from_secs(20),
+        )
+        .await?;
+    }
+    // Let the renegotiation that removes the tracks settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+async fn call_bench(runs: usize, secs: u64) -> Result<()> {
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let a = browser.page().await?;
+    a.open(&server.url()).await?;
+    a.click("create-room").await?;
+    let link = a.room_link().await?;
+    let b = browser.page().await?;
+    b.open(&link).await?;
+    a.wait_connected_peers(1, Duration::from_secs(20)).await?;
+    b.wait_connected_peers(1, Duration::from_secs(20)).await?;
+    let ida = a.peer_id().await?;
+    let mut times = Vec::new();
+    for i in 0..runs + 1 {
+        let ms = answer_to_frame(&a, &b, &ida).await?;
+        if i > 0 {
+            times.push(ms);
+        }
+        hang_up_both(&a, &b).await?;
+    }
+    times.sort_by(f64::total_cmp);
+    let p50 = percentile(&times, 0.5);
+    let p90 = percentile(&times, 0.9);
+    println!(
+        "browser <-> browser, answer to first remote frame decoded: p50 {p50:.0} ms, p90 {p90:.0} ms ({runs} runs)"
+    );
+    // CPU while a 1:1 call runs (two fake 640x480 cameras and microphones).
+    answer_to_frame(&a, &b, &ida).await?;
+    let ((), cpu_a, cpu_b) = with_cpu(&a, &b, async {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        Ok(())
+    })
+    .await?;
+    let ida_stats = b
+        .eval_async(&format!(
+            "const done = arguments[arguments.length - 1]; window.__ferry.calls.peerStats('{ida}').then(done);"
+        ))
+        .await?;
+    print_cpu(&format!("{secs} s of a 1:1 call"), &cpu_a, &cpu_b);
+    let cores = |m: &Cpu| m.values().sum::<f64>() / secs as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "call",
+            "runs": runs,
+            "answer_to_frame_p50_ms": p50.round(),
+            "answer_to_frame_p90_ms": p90.round(),
+            "call_cpu_cores_a": (cores(&cpu_a) * 100.0).round() / 100.0,
+            "call_cpu_cores_b": (cores(&cpu_b) * 100.0).round() / 100.0,
+            "received_video": {"width": ida_stats["width"], "height": ida_stats["height"], "fps": ida_stats["fps"]},
+            "native": null,
+        })
+    );
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}
+
 /// Browser and native benchmarks for Ferry.
 #[derive(Debug, Parser)]
 enum Cli {
+    /// Calls: answer to first remote frame, and CPU during a 1:1 call.
+    Call {
+        /// Measured calls (after one warm-up call).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Seconds of the CPU measurement.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// The native peer: native to native against a raw webrtc-crate channel
     /// and raw TCP, browser to native and back against a raw JS channel, and
     /// channel-open times.
@@ -586,6 +700,7 @@ async fn main() -> Result<()> {
     match Cli::parse() {
         Cli::Connect { runs } => connect(runs).await,
         Cli::Swap { mib, tuning } => swap(mib, tuning).await,
+        Cli::Call { runs, secs } => call_bench(runs, secs).await,
         Cli::Native {
             mib,
             rss_mib,
