@@ -191,7 +191,9 @@ fn as_strings(v: &redis::Value) -> Vec<String> {
 pub(crate) struct Cluster {
     client: redis::Client,
     id: String,
-    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    /// Cloned per operation (it multiplexes); a plain mutex, held for the
+    /// clone only: every relay passes here.
+    conn: std::sync::Mutex<Option<redis::aio::ConnectionManager>>,
     up: AtomicBool,
     join: redis::Script,
     remove: redis::Script,
@@ -210,7 +212,7 @@ impl Cluster {
         Ok(Self {
             client,
             id,
-            conn: tokio::sync::Mutex::new(None),
+            conn: std::sync::Mutex::new(None),
             up: AtomicBool::new(false),
             join: redis::Script::new(JOIN),
             remove: redis::Script::new(REMOVE),
@@ -234,7 +236,7 @@ impl Cluster {
         if !self.is_up() {
             return None;
         }
-        self.conn.lock().await.clone()
+        self.conn.lock().ok().and_then(|c| c.clone())
     }
 
     /// Runs one Redis operation with a time limit; `None` (and single-
@@ -535,7 +537,9 @@ impl Cluster {
                 }
             }
             self.up.store(false, Ordering::Release);
-            *self.conn.lock().await = None;
+            if let Ok(mut c) = self.conn.lock() {
+                *c = None;
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -554,7 +558,9 @@ impl Cluster {
             .await?;
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.subscribe(inbox(&self.id)).await?;
-        *self.conn.lock().await = Some(manager.clone());
+        if let Ok(mut c) = self.conn.lock() {
+            *c = Some(manager.clone());
+        }
         self.up.store(true, Ordering::Release);
         tracing::info!(instance = %self.id, "joined the Redis cluster");
         self.write_back(manager.clone(), local).await?;
