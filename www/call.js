@@ -182,16 +182,30 @@ export class Calls {
   }
 
   // Adds our tracks to the connection with `peer`, then renegotiates.
+  // Transceivers of an earlier call (or that the peer's offer created) are
+  // reused, so calling again and again does not grow the session.
   sendTo(peer) {
     const pc = this.client()?.peerConnection(peer);
     if (!pc || !this.local) return;
     this.watchPeer(peer);
     const s = this.senders.get(peer) || {};
+    const used = new Set([...this.senders.values()].flatMap((x) => [x.audio, x.video]));
+    const attach = (kind, track) => {
+      const t = pc.getTransceivers().find((t) => !t.stopped && !t.sender.track && !used.has(t.sender)
+        && t.receiver.track?.kind === kind && (t.direction === "recvonly" || t.direction === "inactive"));
+      if (t) {
+        t.direction = "sendrecv";
+        t.sender.replaceTrack(track).catch((e) => console.warn("replaceTrack:", e));
+        t.sender.setStreams?.(this.local);
+        return t.sender;
+      }
+      return pc.addTrack(track, this.local);
+    };
     const audio = this.local.getAudioTracks()[0];
-    if (audio && !s.audio) s.audio = pc.addTrack(audio, this.local);
+    if (audio && !s.audio) s.audio = attach("audio", audio);
     const video = this.videoTrack() || this.local.getVideoTracks()[0];
     if (video && !s.video) {
-      s.video = pc.addTrack(video, this.local);
+      s.video = attach("video", video);
       if (!this.videoTrack()) s.video.replaceTrack(null);
     }
     this.senders.set(peer, s);
@@ -199,13 +213,18 @@ export class Calls {
     this.capBitrates();
   }
 
+  // Stops sending to `peer`: its transceivers stay, receive-only, for the
+  // next call.
   stopTo(peer) {
     const pc = this.client()?.peerConnection(peer);
     const s = this.senders.get(peer);
     this.senders.delete(peer);
     if (!pc || !s) return;
     for (const sender of [s.audio, s.video]) {
-      if (sender && pc.getSenders().includes(sender)) pc.removeTrack(sender);
+      const t = sender && pc.getTransceivers().find((t) => t.sender === sender);
+      if (!t || t.stopped) continue;
+      sender.replaceTrack(null).catch(() => {});
+      t.direction = "recvonly";
     }
     try { this.client().renegotiate(peer); } catch { /* the peer is gone */ }
     this.capBitrates();

@@ -282,3 +282,35 @@ async fn a_file_swap_completes_during_a_call_and_a_page_without_camera_joins_wit
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_same_pages_can_call_again_after_hanging_up() -> Result<()> {
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let pages = room_of(&browser, &server, 2).await?;
+    let (a, b) = (&pages[0], &pages[1]);
+    let (ida, idb) = (a.peer_id().await?, b.peer_id().await?);
+    for round in 0..3 {
+        call_all(&pages).await?;
+        wait_rising(b, &ida, "framesDecoded", CONNECT)
+            .await
+            .with_context(|| format!("call {round}: B from A"))?;
+        wait_rising(a, &idb, "framesDecoded", CONNECT)
+            .await
+            .with_context(|| format!("call {round}: A from B"))?;
+        a.click("hang-up").await?;
+        b.wait_for("document.querySelector(\"[data-testid='call']\").dataset.state === 'active' && document.querySelectorAll(\"[data-testid='tile']\").length === 0", CONNECT).await?;
+        b.click("hang-up").await?;
+        for p in [a, b] {
+            p.wait_for(
+                "document.querySelector(\"[data-testid='call']\").dataset.state === 'idle'",
+                CONNECT,
+            )
+            .await?;
+        }
+    }
+    for p in pages {
+        p.close().await?;
+    }
+    Ok(())
+}

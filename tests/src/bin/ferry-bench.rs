@@ -556,16 +556,21 @@ async fn answer_to_frame(a: &Page, b: &Page, ida: &str) -> Result<f64> {
     let ms = b
         .eval_async(&format!(
             "const done = arguments[arguments.length - 1];
+             (async () => {{
              const c = window.__ferry.calls;
+             // Counters of an earlier call's receiver stay in getStats:
+             // wait for new frames, not for any.
+             const base = ((await c.peerStats('{ida}')) || {{}}).framesDecoded || 0;
              const t0 = performance.now();
              document.querySelector(\"[data-testid='answer-call']\").click();
              const poll = async () => {{
                const s = await c.peerStats('{ida}');
-               if (s && s.framesDecoded > 0) return done(performance.now() - t0);
+               if (s && s.framesDecoded > base) return done(performance.now() - t0);
                if (performance.now() - t0 > 20000) return done(-1);
                setTimeout(poll, 5);
              }};
-             poll();"
+             poll();
+             }})();"
         ))
         .await?
         .as_f64()
@@ -605,7 +610,10 @@ async fn call_bench(runs: usize, secs: u64) -> Result<()> {
     let ida = a.peer_id().await?;
     let mut times = Vec::new();
     for i in 0..runs + 1 {
-        let ms = answer_to_frame(&a, &b, &ida).await?;
+        let ms = answer_to_frame(&a, &b, &ida)
+            .await
+            .with_context(|| format!("call {i}"))?;
+        eprintln!("call {i}: {ms:.0} ms");
         if i > 0 {
             times.push(ms);
         }
