@@ -123,6 +123,20 @@ struct Envelope {
     hops: u8,
 }
 
+impl Envelope {
+    /// A frame for one member.
+    fn to_member(room: &RoomCode, to: &PeerId, text: String, hops: u8) -> Self {
+        Self {
+            room: room.to_string(),
+            to: Some(to.to_string()),
+            except: None,
+            text: Some(text),
+            replaced: None,
+            hops,
+        }
+    }
+}
+
 fn members_key(room: &RoomCode) -> String {
     format!("ferry:room:{room}:m")
 }
@@ -450,18 +464,8 @@ impl Cluster {
         if let Ok(mut r) = self.routes.lock() {
             r.insert(key, (inst.clone(), std::time::Instant::now()));
         }
-        self.publish(
-            &inst,
-            &Envelope {
-                room: room.to_string(),
-                to: Some(to.to_string()),
-                except: None,
-                text: Some(text.to_string()),
-                replaced: None,
-                hops: 0,
-            },
-        )
-        .await;
+        self.publish(&inst, &Envelope::to_member(room, to, text.to_string(), 0))
+            .await;
         Some(Ok(()))
     }
 
@@ -616,18 +620,8 @@ impl Cluster {
                 && let Some(Some(inst)) = self.lookup(&room, to).await
                 && inst != self.id
             {
-                self.publish(
-                    &inst,
-                    &Envelope {
-                        room: room.to_string(),
-                        to: Some(to.to_string()),
-                        except: None,
-                        text: Some(text),
-                        replaced: None,
-                        hops: 1,
-                    },
-                )
-                .await;
+                self.publish(&inst, &Envelope::to_member(&room, to, text, 1))
+                    .await;
             }
             return;
         }

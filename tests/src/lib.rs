@@ -721,6 +721,17 @@ impl Native {
         }
     }
 
+    /// The room link `ferry send` prints.
+    pub async fn room_link(&self) -> Result<String> {
+        let line = self
+            .wait_line("Open http", Duration::from_secs(600))
+            .await?;
+        line.split_whitespace()
+            .find(|w| w.starts_with("http"))
+            .map(str::to_owned)
+            .context("no link in ferry's output")
+    }
+
     /// Types a line on its standard input.
     pub async fn type_line(&mut self, line: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("stdin closed")?;

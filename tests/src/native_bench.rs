@@ -237,14 +237,7 @@ async fn native_to_native(
     let dest = tempdir("ferry-bench-native-dest")?;
     let started = Instant::now();
     let mut sender = Native::start(server, &["send", file.to_str().context("path")?])?;
-    let line = sender
-        .wait_line("Open http", Duration::from_secs(600))
-        .await?;
-    let link = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http"))
-        .context("no link")?
-        .to_owned();
+    let link = sender.room_link().await?;
     let mut receiver = Native::start(
         server,
         &[
@@ -291,14 +284,7 @@ async fn native_to_browser(
 ) -> Result<f64> {
     let started = Instant::now();
     let mut sender = Native::start(server, &["send", file.to_str().context("path")?])?;
-    let line = sender
-        .wait_line("Open http", Duration::from_secs(600))
-        .await?;
-    let link = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http"))
-        .context("no link")?
-        .to_owned();
+    let link = sender.room_link().await?;
     page.open(&link).await?;
     page.wait_for(
         "document.querySelector(\"li.transfer[data-direction='in'][data-state='offered']\") !== null",

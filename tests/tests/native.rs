@@ -42,17 +42,6 @@ fn same(got: &Path, want: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The room link `ferry send` prints.
-async fn printed_link(sender: &Native) -> Result<String> {
-    let line = sender
-        .wait_line("Open http", Duration::from_secs(600))
-        .await?;
-    line.split_whitespace()
-        .find(|w| w.starts_with("http"))
-        .map(str::to_owned)
-        .context("no link in the sender's output")
-}
-
 /// Bytes the sender reported putting on data channels.
 fn bytes_sent(sender: &Native) -> Result<u64> {
     let line = sender
@@ -84,7 +73,7 @@ async fn native_to_native_large_file_and_folder() -> Result<()> {
         &server,
         &["send", big.to_str().unwrap(), folder.to_str().unwrap()],
     )?;
-    let link = printed_link(&sender).await?;
+    let link = sender.room_link().await?;
     let mut receiver = Native::start(
         &server,
         &["receive", &link, "--yes", "--dir", dest.to_str().unwrap()],
@@ -157,7 +146,7 @@ async fn a_killed_native_receiver_resumes_and_fetches_at_most_one_window_again()
     let dest = work.join("dest");
     let server = Server::start(5_000).await?;
     let mut sender = Native::start(&server, &["send", big.to_str().unwrap()])?;
-    let link = printed_link(&sender).await?;
+    let link = sender.room_link().await?;
     let args = [
         "receive",
         link.as_str(),
@@ -247,7 +236,7 @@ async fn native_sends_a_large_file_and_a_folder_to_a_browser() -> Result<()> {
         &server,
         &["send", big.to_str().unwrap(), folder.to_str().unwrap()],
     )?;
-    let link = printed_link(&sender).await?;
+    let link = sender.room_link().await?;
     let page = open_page(&browser, &server, Some(&downloads)).await?;
     page.open(&link).await?;
     page.wait_connected_peers(1, CONNECT).await?;
