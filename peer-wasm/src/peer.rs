@@ -16,7 +16,7 @@ use web_sys::{
 };
 
 use crate::Error;
-use crate::driver::{WeakShared, feed_peer, log_error};
+use crate::driver::{WeakShared, feed_peer, log_error, with_session};
 
 /// Handlers of the data channel, kept alive as long as the connection.
 struct Channel {
@@ -48,10 +48,12 @@ pub(crate) struct PeerConn {
     _on_ice: Closure<dyn FnMut(RtcPeerConnectionIceEvent)>,
     _on_state: Closure<dyn FnMut()>,
     _on_channel: Closure<dyn FnMut(RtcDataChannelEvent)>,
+    _on_negotiation: Closure<dyn FnMut()>,
 }
 
 impl Drop for PeerConn {
     fn drop(&mut self) {
+        self.pc.set_onnegotiationneeded(None);
         self.pc.set_onicecandidate(None);
         self.pc.set_onconnectionstatechange(None);
         self.pc.set_ondatachannel(None);
@@ -187,6 +189,20 @@ impl PeerConn {
         pc.set_onicecandidate(Some(on_ice.as_ref().unchecked_ref()));
         pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
         pc.set_ondatachannel(Some(on_channel.as_ref().unchecked_ref()));
+        // Tracks added or removed by the page (calls) need a new offer. The
+        // browser fires this only in a stable state and again after a
+        // rolled-back or superseded offer, which is exactly when the engine
+        // can start one; while it is already offering, the request is a no-op.
+        let (w, p) = (weak.clone(), peer.clone());
+        let on_negotiation = Closure::<dyn FnMut()>::new(move || {
+            let p = p.clone();
+            with_session(&w, move |d, _| {
+                if d.peers.get(&p).map(PeerConn::generation) == Some(generation) {
+                    d.session.renegotiate(&p);
+                }
+            });
+        });
+        pc.set_onnegotiationneeded(Some(on_negotiation.as_ref().unchecked_ref()));
 
         if open_channel {
             let init = RtcDataChannelInit::new();
@@ -203,6 +219,7 @@ impl PeerConn {
             _on_ice: on_ice,
             _on_state: on_state,
             _on_channel: on_channel,
+            _on_negotiation: on_negotiation,
         })
     }
 
