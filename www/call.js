@@ -57,6 +57,8 @@ export class Calls {
         this.call = e.call;
         this.ringing = null;
         this.addTile("self", "You");
+        clearInterval(this.watchdog);
+        this.watchdog = setInterval(() => this.ensureNegotiated(), 1500);
         break;
       case "send_media":
         this.addTile(e.peer, this.peerName(e.peer));
@@ -164,7 +166,26 @@ export class Calls {
     this.render();
   }
 
+  // A safety net: a track that some offer/answer round left out (a request
+  // that crossed another negotiation) gets another round.
+  ensureNegotiated() {
+    for (const [peer, s] of this.senders) {
+      const pc = this.client()?.peerConnection(peer);
+      if (!pc || pc.signalingState !== "stable") continue;
+      const left_out = [s.audio, s.video].some((sender) => {
+        const t = sender && pc.getTransceivers().find((t) => t.sender === sender);
+        return t && !t.stopped && t.currentDirection !== "sendrecv" && t.currentDirection !== "sendonly";
+      });
+      if (left_out) {
+        console.warn(`renegotiating with ${peer}: a track was left out`);
+        this.client().renegotiate(peer);
+      }
+    }
+  }
+
   teardown() {
+    clearInterval(this.watchdog);
+    this.watchdog = null;
     for (const peer of [...this.senders.keys()]) this.stopTo(peer);
     for (const t of this.local?.getTracks() || []) t.stop();
     this.screen?.stop();
