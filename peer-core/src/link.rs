@@ -121,6 +121,10 @@ pub(crate) struct Link {
     queue: VecDeque<Op>,
     signaling: SignalingState,
     discard_local_offer: bool,
+    /// A renegotiation was asked for that no offer made so far covers: it
+    /// came while an offer was in flight, or our offer lost a collision.
+    /// Another offer follows once the link is stable again.
+    reoffer: bool,
     ignore_offer: bool,
     remote_set: bool,
     pending_candidates: Vec<Candidate>,
@@ -146,6 +150,7 @@ impl Link {
             queue: VecDeque::new(),
             signaling: SignalingState::Stable,
             discard_local_offer: false,
+            reoffer: false,
             ignore_offer: false,
             remote_set: false,
             pending_candidates: Vec::new(),
@@ -160,14 +165,39 @@ impl Link {
                 .any(|op| matches!(op, Op::MakeOffer { .. }))
     }
 
+    fn answer_pending(&self) -> bool {
+        let is_answer = |op: &Op| matches!(op, Op::ApplyAnswer(_));
+        self.busy.as_ref().is_some_and(is_answer) || self.queue.iter().any(is_answer)
+    }
+
     fn remote_pending(&self) -> bool {
         let changes_remote = |op: &Op| matches!(op, Op::AcceptOffer(_) | Op::ApplyAnswer(_));
         self.busy.as_ref().is_some_and(changes_remote) || self.queue.iter().any(changes_remote)
     }
 
-    /// Queues an offer (initial, or an ICE restart).
+    /// Queues an offer: the initial one, an ICE restart, or a renegotiation
+    /// after the driver changed its media.
+    ///
+    /// A renegotiation must reach the other side in an offer created after
+    /// it was asked for. So one asked for while our offer is being created,
+    /// or is waiting for its answer, is remembered and made once the link is
+    /// stable again; creating a second offer on top of the first would
+    /// leave the first one's answer without an offer to match. An ICE
+    /// restart goes out at once: it is how a lost answer is recovered.
     pub(crate) fn request_offer(&mut self, ice_restart: bool, out: &mut Vec<LinkOutput>) {
+        if matches!(self.busy, Some(Op::MakeOffer { .. })) {
+            self.reoffer |= !ice_restart;
+            return;
+        }
         if self.offering() {
+            // One is queued and not started yet: it will carry the change.
+            return;
+        }
+        if !ice_restart
+            && self.signaling == SignalingState::HaveLocalOffer
+            && !self.answer_pending()
+        {
+            self.reoffer = true;
             return;
         }
         self.queue.push_back(Op::MakeOffer { ice_restart });
@@ -178,14 +208,23 @@ impl Link {
     pub(crate) fn handle_signal(&mut self, signal: Signal, out: &mut Vec<LinkOutput>) {
         match signal {
             Signal::Offer { sdp } => {
-                let collision = self.offering() || self.signaling == SignalingState::HaveLocalOffer;
+                // As in the perfect negotiation pattern, an offer that
+                // arrives while our answer is being applied is no collision:
+                // the link is stable by the time it is handled.
+                let collision = self.offering()
+                    || (self.signaling == SignalingState::HaveLocalOffer && !self.answer_pending());
                 self.ignore_offer = !self.polite && collision;
                 if self.ignore_offer {
                     return;
                 }
                 // Polite, or no collision: our own pending offer (if any) is
-                // superseded by theirs.
+                // superseded by theirs, and what it carried is offered again
+                // afterwards.
+                let queued = self.queue.len();
                 self.queue.retain(|op| !matches!(op, Op::MakeOffer { .. }));
+                if self.queue.len() != queued || collision {
+                    self.reoffer = true;
+                }
                 if matches!(self.busy, Some(Op::MakeOffer { .. })) {
                     self.discard_local_offer = true;
                 }
@@ -266,6 +305,10 @@ impl Link {
             // A failed offer or answer leaves the connection where it was;
             // the connect timeout will try again with an ICE restart.
             Some(Op::MakeOffer { .. }) => self.discard_local_offer = false,
+            // A rejected answer leaves the browser with its offer, but
+            // waiting for another answer could wait forever (and, impolite,
+            // ignore every offer meanwhile); the next offer either side
+            // makes replaces or rolls back the stale one.
             Some(Op::AcceptOffer(_)) | Some(Op::ApplyAnswer(_)) => {
                 self.signaling = SignalingState::Stable;
             }
@@ -291,6 +334,10 @@ impl Link {
         self.flush_candidates(out);
         if self.busy.is_some() {
             return;
+        }
+        if self.queue.is_empty() && self.reoffer && self.signaling == SignalingState::Stable {
+            self.reoffer = false;
+            self.queue.push_back(Op::MakeOffer { ice_restart: false });
         }
         let Some(op) = self.queue.pop_front() else {
             return;

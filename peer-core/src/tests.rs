@@ -54,6 +54,13 @@ struct FakePc {
     channel_open: bool,
     closed: bool,
     counter: u32,
+    /// Media changes the driver made (tracks added or removed), each of
+    /// which needs an offer from this side to reach the other.
+    tracks: u32,
+    /// The media changes our current local offer carries.
+    offered: Option<u32>,
+    /// The media changes an applied answer confirmed.
+    negotiated: u32,
 }
 
 #[derive(Debug)]
@@ -212,6 +219,9 @@ impl Net {
                         }
                         crate::call::CallEvent::SendMedia { peer }
                         | crate::call::CallEvent::StopMedia { peer } => {
+                            if let Some(pc) = self.pcs.get_mut(&(i, peer.clone())) {
+                                pc.tracks += 1;
+                            }
                             self.sessions[i].renegotiate(peer);
                         }
                         _ => {}
@@ -357,6 +367,9 @@ impl Net {
                         channel_open: false,
                         closed: false,
                         counter: 0,
+                        tracks: 0,
+                        offered: None,
+                        negotiated: 0,
                     },
                 );
             }
@@ -368,6 +381,7 @@ impl Net {
                     pc.counter += 1;
                     let sdp = format!("offer:{}:{}", me.clone().unwrap(), pc.counter);
                     pc.local = Some(sdp.clone());
+                    pc.offered = Some(pc.tracks);
                     pc.sig = Sig::HaveLocalOffer;
                     PeerEvent::LocalDescription {
                         kind: SdpKind::Offer,
@@ -386,10 +400,12 @@ impl Net {
             }
             PeerCommand::AcceptOffer { sdp } => {
                 let pc = self.pcs.get_mut(&key).unwrap();
-                // Implicit rollback of our own offer.
-                pc.remote = Some(sdp);
+                // Implicit rollback of our own offer. An answer names the
+                // offer it answers.
+                pc.offered = None;
                 pc.counter += 1;
-                let answer = format!("answer:{}:{}", me.clone().unwrap(), pc.counter);
+                let answer = format!("answer:{}:{}|{sdp}", me.clone().unwrap(), pc.counter);
+                pc.remote = Some(sdp);
                 pc.local = Some(answer.clone());
                 pc.sig = Sig::Stable;
                 let event = PeerEvent::LocalDescription {
@@ -408,9 +424,14 @@ impl Net {
             }
             PeerCommand::ApplyAnswer { sdp } => {
                 let pc = self.pcs.get_mut(&key).unwrap();
-                let event = if pc.sig == Sig::HaveLocalOffer {
+                let answers_ours = pc
+                    .local
+                    .as_ref()
+                    .is_some_and(|l| sdp.ends_with(&format!("|{l}")));
+                let event = if pc.sig == Sig::HaveLocalOffer && answers_ours {
                     pc.remote = Some(sdp);
                     pc.sig = Sig::Stable;
+                    pc.negotiated = pc.offered.take().unwrap_or(pc.negotiated);
                     PeerEvent::RemoteDescriptionSet
                 } else {
                     PeerEvent::OperationFailed("answer in wrong state".into())
@@ -606,6 +627,28 @@ impl Net {
         })
     }
 
+    /// The driver of session `i` changed its media towards `peer` and asks
+    /// for a renegotiation, as a page does after `addTrack`.
+    fn change_media(&mut self, i: usize, peer: &PeerId) {
+        self.pcs.get_mut(&(i, peer.clone())).unwrap().tracks += 1;
+        self.sessions[i].renegotiate(peer);
+        self.drain(i);
+    }
+
+    /// Media changes that no applied answer confirmed yet.
+    fn unnegotiated(&self) -> Vec<String> {
+        self.pcs
+            .iter()
+            .filter(|(_, pc)| pc.negotiated != pc.tracks)
+            .map(|((i, peer), pc)| {
+                format!(
+                    "session {i} to {peer}: {} of {} changes negotiated ({:?})",
+                    pc.negotiated, pc.tracks, pc.sig
+                )
+            })
+            .collect()
+    }
+
     fn stop_server(&mut self) {
         self.server_up = false;
         self.joined.clear();
@@ -651,8 +694,10 @@ fn a_call_of_four_renegotiates_every_link_and_a_hang_up_stops_media() {
         want.sort();
         assert_eq!(got, want, "session {i}");
     }
-    // Renegotiation for media kept every link up, and chat still flows.
+    // Renegotiation for media kept every link up and carried every
+    // track, and chat still flows.
     assert!(net.all_connected());
+    assert_eq!(net.unnegotiated(), Vec::<String>::new());
     assert_eq!(net.sessions[1].send_chat("during the call").unwrap(), 3);
     net.drain(1);
     net.sessions[2].hang_up().unwrap();
@@ -665,6 +710,7 @@ fn a_call_of_four_renegotiates_every_link_and_a_hang_up_stops_media() {
         );
     }
     assert!(net.sessions[2].call_participants().is_empty());
+    assert_eq!(net.unnegotiated(), Vec::<String>::new());
     assert_eq!(
         net.chats
             .iter()
@@ -695,11 +741,11 @@ fn glare_on_both_sides_converges() {
     assert!(net.all_connected());
     // Both start an offer at the same instant.
     let (ida, idb) = (net.id_of(a), net.id_of(b));
-    net.sessions[a].renegotiate(&idb);
-    net.sessions[b].renegotiate(&ida);
-    net.drain(a);
-    net.drain(b);
+    net.change_media(a, &idb);
+    net.change_media(b, &ida);
     net.run_until(4_000);
+    // The polite side's offer lost the collision, and is made again.
+    assert_eq!(net.unnegotiated(), Vec::<String>::new());
     let pa = &net.pcs[&(a, idb)];
     let pb = &net.pcs[&(b, ida)];
     assert_eq!(pa.sig, Sig::Stable);
@@ -707,6 +753,32 @@ fn glare_on_both_sides_converges() {
     assert_eq!(pa.remote, pb.local);
     assert_eq!(pb.remote, pa.local);
     assert!(net.violations.is_empty(), "{:?}", net.violations);
+}
+
+#[test]
+fn media_changes_during_a_negotiation_are_offered_afterwards() {
+    for seed in 1..40 {
+        let mut net = Net::new(seed);
+        let a = net.add_session();
+        let b = net.add_session();
+        net.run_until(2_000);
+        assert!(net.all_connected());
+        let (ida, idb) = (net.id_of(a), net.id_of(b));
+        // A second change while the first offer is being made, then one
+        // while it waits for its answer, then one from the other side
+        // while that answer is being applied.
+        net.change_media(a, &idb);
+        net.change_media(a, &idb);
+        let t = net.now + 10;
+        net.run_until(t);
+        net.change_media(a, &idb);
+        let t = net.now + net.rng.range(0, 30);
+        net.run_until(t);
+        net.change_media(b, &ida);
+        net.run_until(net.now + 4_000);
+        assert_eq!(net.unnegotiated(), Vec::<String>::new(), "seed {seed}");
+        assert!(net.all_connected(), "seed {seed}");
+    }
 }
 
 #[test]
@@ -1000,15 +1072,18 @@ proptest! {
             if i != j {
                 let pj = net.id_of(j);
                 let pi = net.id_of(i);
-                net.sessions[i].renegotiate(&pj);
-                net.sessions[j].renegotiate(&pi);
-                net.drain(i);
-                net.drain(j);
+                net.change_media(i, &pj);
+                let t = net.now + net.rng.range(0, 40);
+                net.run_until(t);
+                net.change_media(j, &pi);
+                let t = net.now + net.rng.range(0, 40);
+                net.run_until(t);
             }
         }
         let t = net.now + 8_000;
         net.run_until(t);
         prop_assert!(net.all_connected());
         prop_assert!(net.violations.is_empty());
+        prop_assert_eq!(net.unnegotiated(), Vec::<String>::new());
     }
 }
