@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Error;
+use crate::media::MediaConfig;
 use crate::peer::{NetConfig, PeerLink};
 use crate::source::{self, LocalFile};
 use crate::store::{self, Download, Plan};
@@ -67,6 +68,8 @@ enum Command {
     Decline(String, String),
     Cancel(String, String),
     Name(PeerId, oneshot::Sender<Option<String>>),
+    StartCall(oneshot::Sender<Result<(), Error>>),
+    HangUp,
     Close(oneshot::Sender<()>),
 }
 
@@ -101,6 +104,9 @@ pub struct NodeConfig {
     pub session: Config,
     /// Network tuning of peer connections.
     pub net: NetConfig,
+    /// Whether (and how) this node takes part in calls. Without it, call
+    /// invitations are declined.
+    pub media: Option<MediaConfig>,
 }
 
 /// A running native peer. Dropping every handle leaves the room.
@@ -127,6 +133,7 @@ impl Node {
             epoch,
             server_url: config.server_url,
             net: config.net,
+            media: config.media.map(Arc::new),
             inputs,
             events,
             ws: None,
@@ -251,6 +258,17 @@ impl Node {
         }
     }
 
+    /// Starts a call with every connected peer (the node must have been
+    /// started with [`NodeConfig::media`]).
+    pub async fn start_call(&self) -> Result<(), Error> {
+        self.ask(Command::StartCall).await
+    }
+
+    /// Leaves the call, or declines a ringing one.
+    pub fn hang_up(&self) {
+        let _ = self.commands.send(Command::HangUp);
+    }
+
     /// The display name of a room member.
     pub async fn member_name(&self, peer: &PeerId) -> Option<String> {
         let (tx, rx) = oneshot::channel();
@@ -264,6 +282,7 @@ struct Driver {
     epoch: Instant,
     server_url: String,
     net: NetConfig,
+    media: Option<Arc<MediaConfig>>,
     inputs: mpsc::UnboundedSender<Input>,
     events: mpsc::UnboundedSender<NodeEvent>,
     ws: Option<mpsc::UnboundedSender<String>>,
@@ -507,6 +526,26 @@ impl Driver {
             Command::Name(peer, reply) => {
                 let _ = reply.send(self.session.member_name(&peer).map(str::to_owned));
             }
+            Command::StartCall(reply) => {
+                let result = if self.media.is_none() {
+                    Err(Error::Media(
+                        "this peer was started without call media".into(),
+                    ))
+                } else {
+                    let id: String = (0..12)
+                        .map(|_| {
+                            char::from(
+                                b"abcdefghijkmnpqrstuvwxyz23456789"[rand::random_range(0..32)],
+                            )
+                        })
+                        .collect();
+                    self.session.start_call(&id).map_err(Error::from)
+                };
+                let _ = reply.send(result);
+            }
+            Command::HangUp => {
+                let _ = self.session.hang_up();
+            }
             Command::Close(reply) => {
                 let _ = reply.send(());
             }
@@ -579,6 +618,9 @@ impl Driver {
                     if let Event::Transfer { event } = &event {
                         self.on_transfer_event(event);
                     }
+                    if let Event::Call { event } = &event {
+                        self.on_call_event(event);
+                    }
                     let _ = self.events.send(NodeEvent::Engine(event));
                 }
                 _ => {}
@@ -599,6 +641,7 @@ impl Driver {
                     open_channel,
                     self.session.ice_servers().to_vec(),
                     self.net.clone(),
+                    self.media.clone(),
                     self.inputs.clone(),
                 );
                 self.peers.insert(peer, link);
@@ -617,6 +660,39 @@ impl Driver {
                     link.perform(command);
                 }
             }
+        }
+    }
+
+    /// Calls: a node with media answers every invitation (running `ferry
+    /// call` is the consent) and adds or stops its media as the engine says;
+    /// one without declines.
+    fn on_call_event(&mut self, event: &ferry_core::call::CallEvent) {
+        use ferry_core::call::CallEvent;
+        match event {
+            CallEvent::Incoming { .. } => {
+                let answered = if self.media.is_some() {
+                    self.session.answer_call()
+                } else {
+                    self.session.decline_call()
+                };
+                if let Err(e) = answered {
+                    tracing::warn!("call invitation: {e}");
+                }
+            }
+            CallEvent::SendMedia { peer } => {
+                if let Some(link) = self.peers.get(peer) {
+                    // The link adds the media before it carries out the
+                    // offer that the renegotiation asks for.
+                    link.start_media();
+                    self.session.renegotiate(peer);
+                }
+            }
+            CallEvent::StopMedia { peer } => {
+                if let Some(link) = self.peers.get(peer) {
+                    link.stop_media();
+                }
+            }
+            _ => {}
         }
     }
 

@@ -22,14 +22,19 @@
 //!   writes into `<name>.ferry-part` with a have-map beside it and renames
 //!   the file only once its BLAKE3 matched; a killed and restarted receiver
 //!   resumes from the have-map.
+//! - [`media`]: calls without decoding: remote VP8 and Opus recorded to IVF
+//!   and Ogg from their RTP packets, and IVF and Ogg files played into a
+//!   call, paced by their timestamps. The engine's call events say when to
+//!   add or stop our media; the engine renegotiates.
 //! - [`runtime`]: the tokio runtime the webrtc crate runs on, with 4 MiB UDP
 //!   socket buffers.
 //!
 //! The `ferry` binary (`src/main.rs`) is a command-line front end on
-//! [`Node`]: `send`, `receive` and `chat`.
+//! [`Node`]: `send`, `receive`, `chat` and `call`.
 #![forbid(unsafe_code)]
 
 pub mod driver;
+pub mod media;
 pub mod peer;
 pub mod runtime;
 pub mod source;
@@ -38,6 +43,7 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use driver::{Node, NodeConfig, NodeEvent};
+pub use media::MediaConfig;
 pub use peer::NetConfig;
 
 /// Everything that can go wrong in the native peer.
@@ -81,6 +87,9 @@ pub enum Error {
     /// No offer with that id is waiting.
     #[error("no such transfer")]
     UnknownTransfer,
+    /// A media file to play is unusable, or recording failed.
+    #[error("{0}")]
+    Media(String),
     /// The node has stopped.
     #[error("the peer has stopped")]
     Stopped,

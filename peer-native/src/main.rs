@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use ferry_core::call::CallEvent;
 use ferry_core::transfer::{TransferConfig, TransferEvent};
 use ferry_core::{Config, Event, LinkState};
 use ferry_native::source::{self, LocalFile};
-use ferry_native::{NetConfig, Node, NodeConfig, NodeEvent};
+use ferry_native::{MediaConfig, NetConfig, Node, NodeConfig, NodeEvent};
 use ferry_protocol::{ErrorCode, PeerId, RoomCode};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
@@ -99,6 +100,29 @@ enum Command {
         /// The room code, or a link to the room.
         code: String,
     },
+    /// Join a room's video call by code or link: answer when called, or
+    /// start a call with everyone there. Media is recorded and played from
+    /// files, never decoded.
+    Call {
+        /// The room code, or a link to the room.
+        code: String,
+        /// Record each remote peer's video (VP8, as `<peer>-<n>.ivf`) and
+        /// audio (Opus, as `<peer>-<n>.ogg`) into this folder.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
+        /// Send this IVF file (VP8) as our video, paced by its timestamps.
+        #[arg(long, value_name = "VIDEO.ivf")]
+        play: Option<PathBuf>,
+        /// Send this Ogg file (Opus) as our audio.
+        #[arg(long, value_name = "AUDIO.ogg")]
+        play_audio: Option<PathBuf>,
+        /// Play the files again and again until the call ends.
+        #[arg(long = "loop")]
+        repeat: bool,
+        /// Only answer: never start a call.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// The server's web address, its WebSocket, and a room link on it.
@@ -159,6 +183,15 @@ fn start(
     server: &Server,
     room: RoomCode,
 ) -> (Node, mpsc::UnboundedReceiver<NodeEvent>) {
+    start_with(common, server, room, None)
+}
+
+fn start_with(
+    common: &Common,
+    server: &Server,
+    room: RoomCode,
+    media: Option<MediaConfig>,
+) -> (Node, mpsc::UnboundedReceiver<NodeEvent>) {
     let mut session = Config::new(room, common.name.clone().unwrap_or_else(default_name));
     session.password = common.password.clone();
     session.transfer = TransferConfig::default();
@@ -171,6 +204,7 @@ fn start(
         server_url: server.ws_url(),
         session,
         net,
+        media,
     })
 }
 
@@ -604,6 +638,92 @@ async fn chat(common: Common, code: String) -> Result<u8> {
     outcome
 }
 
+/// How long `call` waits to be called after someone connects before it
+/// calls them itself.
+const CALL_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn call(common: Common, code: String, media: MediaConfig, wait: bool) -> Result<u8> {
+    media.check()?;
+    let (server, room) = parse_code(&code, &common.server)?;
+    let (node, mut events) = start_with(&common, &server, room, Some(media));
+    let outcome: Result<u8> = async {
+        let mut in_call = false;
+        let mut call_at: Option<tokio::time::Instant> = None;
+        loop {
+            let timer = async {
+                match call_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = timer => {
+                    call_at = None;
+                    if !in_call {
+                        match node.start_call().await {
+                            Ok(()) => println!("* calling everyone in the room…"),
+                            Err(e) => println!("! cannot start a call: {e}"),
+                        }
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(NodeEvent::Engine(event)) => match event {
+                        Event::Joined { room, .. } => println!("* joined {room}"),
+                        Event::PeerState { peer_id, state: LinkState::Connected } => {
+                            let who = node.member_name(&peer_id).await.unwrap_or_default();
+                            println!("* {} is connected", display(&who));
+                            if !wait && !in_call && call_at.is_none() {
+                                call_at = Some(tokio::time::Instant::now() + CALL_AFTER);
+                            }
+                        }
+                        Event::PeerLeft { peer_id } => println!("* {peer_id} left"),
+                        Event::Call { event } => match event {
+                            CallEvent::Incoming { from, .. } => {
+                                let who = node.member_name(&from).await.unwrap_or_default();
+                                println!("* {} is calling; answering", display(&who));
+                            }
+                            CallEvent::Joined { .. } => in_call = true,
+                            CallEvent::SendMedia { peer } => {
+                                in_call = true;
+                                let who = node.member_name(&peer).await.unwrap_or_default();
+                                println!("* in the call with {}", display(&who));
+                            }
+                            CallEvent::StopMedia { peer } => {
+                                let who = node.member_name(&peer).await.unwrap_or_default();
+                                println!("* {} left the call", display(&who));
+                            }
+                            CallEvent::Declined { peer, reason } => {
+                                let who = node.member_name(&peer).await.unwrap_or_default();
+                                println!("* {} declined: {reason}", display(&who));
+                            }
+                            CallEvent::Ended { reason, .. } => {
+                                println!("* the call ended: {reason}");
+                                return Ok(exit::OK);
+                            }
+                            _ => {}
+                        },
+                        Event::ServerError { code, message } => {
+                            if let Some(c) = server_error(code, &message) {
+                                return Ok(c);
+                            }
+                        }
+                        _ => {}
+                    },
+                    Some(_) => {}
+                    None => return Ok(exit::FAILED),
+                },
+                _ = tokio::signal::ctrl_c() => {
+                    node.hang_up();
+                    return Ok(exit::INTERRUPTED);
+                }
+            }
+        }
+    }
+    .await;
+    node.close().await;
+    outcome
+}
+
 fn init_logs(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -642,6 +762,22 @@ fn main() -> ExitCode {
                 overwrite,
             } => receive(common, code, dir, yes, overwrite).await,
             Command::Chat { code } => chat(common, code).await,
+            Command::Call {
+                code,
+                record,
+                play,
+                play_audio,
+                repeat,
+                wait,
+            } => {
+                let media = MediaConfig {
+                    record,
+                    play_video: play,
+                    play_audio,
+                    repeat,
+                };
+                call(common, code, media, wait).await
+            }
         }
     });
     // The node closed its connections; stray tasks need not finish.

@@ -28,6 +28,7 @@ use rtc::peer_connection::transport::RTCDtlsRole;
 
 use crate::Error;
 use crate::driver::Input;
+use crate::media::{MediaConfig, Outbound, Recorder};
 use crate::runtime::BufferedRuntime;
 
 /// Network tuning of native peer connections.
@@ -71,6 +72,10 @@ enum Outgoing {
 enum LinkCommand {
     Engine(PeerCommand),
     Flush(oneshot::Sender<()>),
+    /// Add our call media (once) and start sending it.
+    StartMedia,
+    /// Stop sending call media.
+    StopMedia,
 }
 
 /// The driver's handle on one peer connection.
@@ -88,6 +93,7 @@ impl PeerLink {
         open_channel: bool,
         ice_servers: Vec<IceServer>,
         net: NetConfig,
+        media: Option<Arc<MediaConfig>>,
         inputs: mpsc::UnboundedSender<Input>,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
@@ -98,7 +104,7 @@ impl PeerLink {
             inputs,
         };
         tokio::spawn(async move {
-            run(feed, open_channel, ice_servers, net, rx).await;
+            run(feed, open_channel, ice_servers, net, media, rx).await;
             let _ = done_tx.send(());
         });
         Self {
@@ -114,6 +120,17 @@ impl PeerLink {
 
     pub(crate) fn perform(&self, command: PeerCommand) {
         let _ = self.commands.send(LinkCommand::Engine(command));
+    }
+
+    /// Adds our call media to the connection, before anything asked of it
+    /// later (such as the offer that carries the media).
+    pub(crate) fn start_media(&self) {
+        let _ = self.commands.send(LinkCommand::StartMedia);
+    }
+
+    /// Stops sending call media.
+    pub(crate) fn stop_media(&self) {
+        let _ = self.commands.send(LinkCommand::StopMedia);
     }
 
     /// Resolves once every frame queued so far has been handed to SCTP and
@@ -186,6 +203,7 @@ impl ChannelSlot {
 struct Handler {
     feed: Feed,
     slot: Arc<ChannelSlot>,
+    recorder: Option<Arc<Recorder>>,
 }
 
 #[async_trait::async_trait]
@@ -231,6 +249,13 @@ impl PeerConnectionEventHandler for Handler {
         };
         tracing::debug!(peer = %self.feed.peer, ?state, "connection state");
         self.feed.send(PeerEvent::ConnectionState(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn webrtc::media_stream::track_remote::TrackRemote>) {
+        if let Some(recorder) = &self.recorder {
+            let recorder = recorder.clone();
+            tokio::spawn(async move { recorder.record(track).await });
+        }
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
@@ -355,12 +380,16 @@ async fn build(
     slot: &Arc<ChannelSlot>,
     ice_servers: Vec<IceServer>,
     net: &NetConfig,
+    media: Option<&MediaConfig>,
 ) -> Result<Arc<dyn PeerConnection>, Error> {
     let handler = Arc::new(Handler {
         feed: feed.clone(),
         slot: slot.clone(),
+        recorder: media
+            .and_then(|m| m.record.clone())
+            .map(|dir| Arc::new(Recorder::new(dir, feed.peer.clone()))),
     });
-    new_connection(net, ice_servers, handler).await
+    connect(net, ice_servers, handler, media.is_some()).await
 }
 
 /// Builds a webrtc-crate peer connection tuned as [`NetConfig`] says: the
@@ -371,6 +400,17 @@ pub async fn new_connection(
     net: &NetConfig,
     ice_servers: Vec<IceServer>,
     handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>, Error> {
+    connect(net, ice_servers, handler, false).await
+}
+
+/// [`new_connection`], with VP8 and Opus (and their interceptors) if
+/// `media`.
+async fn connect(
+    net: &NetConfig,
+    ice_servers: Vec<IceServer>,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    media: bool,
 ) -> Result<Arc<dyn PeerConnection>, Error> {
     let servers: Vec<RTCIceServer> = ice_servers
         .into_iter()
@@ -402,7 +442,14 @@ pub async fn new_connection(
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(net.max_message))
             .build();
-        let built = PeerConnectionBuilder::new()
+        let mut builder = PeerConnectionBuilder::new();
+        if media {
+            let (engine, registry) = crate::media::media_engine()?;
+            builder = builder
+                .with_media_engine(engine)
+                .with_interceptor_registry(registry);
+        }
+        let built = builder
             .with_configuration(configuration())
             .with_setting_engine(settings)
             .with_runtime(Arc::new(BufferedRuntime))
@@ -427,6 +474,7 @@ async fn run(
     open_channel: bool,
     ice_servers: Vec<IceServer>,
     net: NetConfig,
+    media: Option<Arc<MediaConfig>>,
     mut commands: mpsc::UnboundedReceiver<LinkCommand>,
 ) {
     let (queue, pending) = mpsc::unbounded_channel();
@@ -437,7 +485,8 @@ async fn run(
         sender: Mutex::new(None),
         opened: std::sync::atomic::AtomicBool::new(false),
     });
-    let pc = match build(&feed, &slot, ice_servers, &net).await {
+    let mut outbound = media.clone().map(Outbound::new);
+    let pc = match build(&feed, &slot, ice_servers, &net, media.as_deref()).await {
         Ok(pc) => pc,
         Err(e) => {
             tracing::warn!("cannot create a peer connection: {e}");
@@ -463,6 +512,20 @@ async fn run(
             LinkCommand::Engine(c) => c,
             LinkCommand::Flush(reply) => {
                 slot.push(Outgoing::Flush(reply));
+                continue;
+            }
+            LinkCommand::StartMedia => {
+                if let Some(out) = &mut outbound
+                    && let Err(e) = out.start(pc.as_ref()).await
+                {
+                    tracing::warn!(peer = %feed.peer, "cannot add call media: {e}");
+                }
+                continue;
+            }
+            LinkCommand::StopMedia => {
+                if let Some(out) = &mut outbound {
+                    out.stop();
+                }
                 continue;
             }
         };

@@ -345,6 +345,7 @@ async fn node_open_once(server: &Server, net: &NetConfig, room: &str) -> Result<
             server_url: format!("ws://127.0.0.1:{}/ws", server.port),
             session: Config::new(ferry_protocol::RoomCode::new(room).expect("room"), name),
             net: net.clone(),
+            media: None,
         })
     };
     let (a, mut a_events) = start_node("a");

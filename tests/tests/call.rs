@@ -314,3 +314,185 @@ async fn the_same_pages_can_call_again_after_hanging_up() -> Result<()> {
     }
     Ok(())
 }
+
+/// Complete frames of an IVF file that may still be growing: its codec,
+/// how many frames, and whether the first is a VP8 key frame.
+fn ivf_frames(path: &std::path::Path) -> Result<(String, usize, bool)> {
+    let data = std::fs::read(path)?;
+    anyhow::ensure!(
+        data.len() >= 32 && &data[..4] == b"DKIF",
+        "{} is not IVF",
+        path.display()
+    );
+    let fourcc = String::from_utf8_lossy(&data[8..12]).into_owned();
+    let header = usize::from(u16::from_le_bytes([data[6], data[7]]));
+    let (mut at, mut frames, mut first_key) = (header, 0, false);
+    while at + 12 <= data.len() {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into()?) as usize;
+        let body = at + 12;
+        if body + len > data.len() {
+            break;
+        }
+        if frames == 0 {
+            // A VP8 key frame: bit 0 clear, then the start code 9d 01 2a.
+            first_key =
+                len > 6 && data[body] & 1 == 0 && data[body + 3..body + 6] == [0x9d, 0x01, 0x2a];
+        }
+        frames += 1;
+        at = body + len;
+    }
+    Ok((fourcc, frames, first_key))
+}
+
+/// Pages of an Ogg file that may still be growing, and whether the first
+/// carries the Opus identification header.
+fn ogg_pages(path: &std::path::Path) -> Result<(usize, bool)> {
+    let data = std::fs::read(path)?;
+    let (mut at, mut pages, mut opus) = (0, 0, false);
+    while at + 27 <= data.len() && &data[at..at + 4] == b"OggS" {
+        let segments = usize::from(data[at + 26]);
+        if at + 27 + segments > data.len() {
+            break;
+        }
+        let body: usize = data[at + 27..at + 27 + segments]
+            .iter()
+            .map(|&b| usize::from(b))
+            .sum();
+        let start = at + 27 + segments;
+        if start + body > data.len() {
+            break;
+        }
+        if pages == 0 {
+            opus = data[start..start + body].starts_with(b"OpusHead");
+        }
+        pages += 1;
+        at = start + body;
+    }
+    anyhow::ensure!(pages > 0, "{} is not Ogg", path.display());
+    Ok((pages, opus))
+}
+
+fn recording(dir: &std::path::Path, ext: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == ext))
+}
+
+/// The id of the one other member a page lists.
+async fn only_peer(page: &Page) -> Result<String> {
+    let v = page
+        .eval(
+            "return document.querySelector('[data-testid=peers] li[data-peer-id]').dataset.peerId",
+        )
+        .await?;
+    v.as_str().map(str::to_owned).context("no peer listed")
+}
+
+#[tokio::test]
+async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> Result<()> {
+    use ferry_e2e::Native;
+    let server = Server::start(5_000).await?;
+    let browser = Browser::start().await?;
+    let work = tempdir("ferry-native-call")?;
+    let rec = work.join("rec");
+
+    // browser → native: the page calls; `ferry call --record` answers.
+    let page = browser.page().await?;
+    page.open(&server.url()).await?;
+    page.click("create-room").await?;
+    let link = page.room_link().await?;
+    let recorder = Native::start(
+        &server,
+        &[
+            "call",
+            &link,
+            "--wait",
+            "--record",
+            rec.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+    )?;
+    page.wait_connected_peers(1, CONNECT).await?;
+    page.click("start-call").await?;
+    recorder.wait_line("in the call with", CONNECT).await?;
+    // The page hears and sees nothing from the native side (it sends
+    // nothing), but its own media is recorded, frame after frame.
+    let deadline = Instant::now() + CONNECT;
+    let (ivf, ogg) = loop {
+        if let (Some(v), Some(a)) = (recording(&rec, "ivf"), recording(&rec, "ogg"))
+            && ivf_frames(&v)?.1 >= 10
+        {
+            break (v, a);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nothing recorded in {}: {:?}",
+                rec.display(),
+                recorder.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let (fourcc, first, key) = ivf_frames(&ivf)?;
+    assert_eq!(fourcc, "VP80");
+    assert!(key, "the recording starts with a key frame");
+    let (pages_before, opus) = ogg_pages(&ogg)?;
+    assert!(opus, "the Ogg file starts with OpusHead");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, later, _) = ivf_frames(&ivf)?;
+    let (pages_after, _) = ogg_pages(&ogg)?;
+    assert!(
+        later >= first + 20,
+        "video frames keep coming: {first} then {later}"
+    );
+    assert!(
+        pages_after >= pages_before + 50,
+        "audio keeps coming: {pages_before} then {pages_after} pages"
+    );
+    page.click("hang-up").await?;
+    drop(recorder);
+    page.close().await?;
+
+    // native → browser: another native peer plays that recording into a
+    // fresh page, in a loop, and calls it; the page answers and decodes.
+    let clip = work.join("clip.ivf");
+    let sound = work.join("clip.ogg");
+    std::fs::copy(&ivf, &clip)?;
+    std::fs::copy(&ogg, &sound)?;
+    let page = browser.page().await?;
+    page.open(&server.url()).await?;
+    page.click("create-room").await?;
+    let link = page.room_link().await?;
+    let player = Native::start(
+        &server,
+        &[
+            "call",
+            &link,
+            "--play",
+            clip.to_str().unwrap(),
+            "--play-audio",
+            sound.to_str().unwrap(),
+            "--loop",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+    )?;
+    page.wait_connected_peers(1, CONNECT).await?;
+    let native_id = only_peer(&page).await?;
+    page.wait_for(
+        "!document.querySelector(\"[data-testid='incoming-call']\").hidden",
+        CONNECT,
+    )
+    .await
+    .with_context(|| format!("the native peer did not call: {:?}", player.output()))?;
+    page.click("answer-call").await?;
+    wait_rising(&page, &native_id, "framesDecoded", CONNECT).await?;
+    wait_rising(&page, &native_id, "audioPackets", CONNECT).await?;
+    page.close().await?;
+    drop(player);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

@@ -389,6 +389,7 @@ async fn hostile_file_names_never_reach_the_disk_of_a_native_receiver() -> Resul
                 udp_addrs: vec!["127.0.0.1:0".into()],
                 ..NetConfig::default()
             },
+            media: None,
         });
         let peer = loop {
             match tokio::time::timeout(CONNECT, events.recv()).await? {
