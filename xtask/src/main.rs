@@ -381,11 +381,15 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
         }
         "call" => {
             build_bench()?;
+            run(cargo().args(["build", "--release", "-p", "ferry-native"]))?;
             let mut cmd = Command::new(target_dir().join("release/ferry-bench"));
-            cmd.arg("call").args(args).env(
-                "FERRY_SIGNALING_BIN",
-                target_dir().join("release/ferry-signaling"),
-            );
+            cmd.arg("call")
+                .args(args)
+                .env(
+                    "FERRY_SIGNALING_BIN",
+                    target_dir().join("release/ferry-signaling"),
+                )
+                .env("FERRY_NATIVE_BIN", target_dir().join("release/ferry"));
             run(&mut in_loopback_namespace(&mut cmd))
         }
         "signaling-cluster" => {

@@ -548,6 +548,12 @@ mod native_bench;
 /// the first frame of A's video decoded in B.
 async fn answer_to_frame(a: &Page, b: &Page, ida: &str) -> Result<f64> {
     a.click("start-call").await?;
+    answer_to_frame_from(b, ida).await
+}
+
+/// Waits for `b` to ring, answers, and returns the milliseconds from the
+/// click to the first frame from `ida` decoded.
+async fn answer_to_frame_from(b: &Page, ida: &str) -> Result<f64> {
     b.wait_for(
         "!document.querySelector(\"[data-testid='incoming-call']\").hidden",
         Duration::from_secs(20),
@@ -639,6 +645,10 @@ async fn call_bench(runs: usize, secs: u64) -> Result<()> {
         .await?;
     print_cpu(&format!("{secs} s of a 1:1 call"), &cpu_a, &cpu_b);
     let cores = |m: &Cpu| m.values().sum::<f64>() / secs as f64;
+    hang_up_both(&a, &b).await?;
+    a.close().await?;
+    b.close().await?;
+    let native = native_calls(&server, &browser, runs).await?;
     println!(
         "{}",
         serde_json::json!({
@@ -649,12 +659,130 @@ async fn call_bench(runs: usize, secs: u64) -> Result<()> {
             "call_cpu_cores_a": (cores(&cpu_a) * 100.0).round() / 100.0,
             "call_cpu_cores_b": (cores(&cpu_b) * 100.0).round() / 100.0,
             "received_video": {"width": ida_stats["width"], "height": ida_stats["height"], "fps": ida_stats["fps"]},
-            "native": null,
+            "native": native,
         })
     );
-    a.close().await?;
-    b.close().await?;
     Ok(())
+}
+
+/// Browser ↔ native calls. A `ferry call --record` first records a page's
+/// fake camera and microphone (VP8 in IVF, Opus in Ogg); then, `runs + 1`
+/// times, a fresh `ferry call --play` of that recording calls a page, and
+/// the time from the page's Answer to its first decoded frame of the native
+/// video is measured, with the native process's CPU while it plays.
+async fn native_calls(
+    server: &Server,
+    browser: &Browser,
+    runs: usize,
+) -> Result<serde_json::Value> {
+    use ferry_e2e::Native;
+    let work = ferry_e2e::tempdir("ferry-bench-call")?;
+    let rec = work.join("rec");
+    let page = browser.page().await?;
+    page.open(&server.url()).await?;
+    page.click("create-room").await?;
+    let link = page.room_link().await?;
+    let bind = ["--bind", "127.0.0.1:0"];
+    let rec_arg = rec.to_string_lossy().into_owned();
+    let recorder = Native::start(
+        server,
+        &[&["call", &link, "--wait", "--record", &rec_arg], &bind[..]].concat(),
+    )?;
+    page.wait_connected_peers(1, Duration::from_secs(20))
+        .await?;
+    page.click("start-call").await?;
+    recorder
+        .wait_line("in the call with", Duration::from_secs(20))
+        .await?;
+    // Ten seconds of media, so that a run never reaches the loop point.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    page.eval("window.__ferry.calls.hangUp(); return true")
+        .await?;
+    drop(recorder);
+    page.close().await?;
+    let find = |ext: &str| {
+        std::fs::read_dir(&rec)
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|e| e == ext))
+            })
+            .with_context(|| format!("no .{ext} recorded"))
+    };
+    let (clip, sound) = (find("ivf")?, find("ogg")?);
+    let clip_bytes = std::fs::metadata(&clip)?.len();
+    let (clip_arg, sound_arg) = (
+        clip.to_string_lossy().into_owned(),
+        sound.to_string_lossy().into_owned(),
+    );
+
+    let mut times = Vec::new();
+    let mut cpu = Vec::new();
+    for i in 0..runs + 1 {
+        let page = browser.page().await?;
+        page.open(&server.url()).await?;
+        page.click("create-room").await?;
+        let link = page.room_link().await?;
+        let mut player = Native::start(
+            server,
+            &[
+                &[
+                    "call",
+                    &link,
+                    "--play",
+                    &clip_arg,
+                    "--play-audio",
+                    &sound_arg,
+                    "--loop",
+                ],
+                &bind[..],
+            ]
+            .concat(),
+        )?;
+        page.wait_connected_peers(1, Duration::from_secs(20))
+            .await?;
+        let id = page
+            .eval("return document.querySelector('[data-testid=peers] li[data-peer-id]').dataset.peerId")
+            .await?
+            .as_str()
+            .context("no native peer listed")?
+            .to_owned();
+        // The native peer calls (2 s after connecting); the page answers.
+        let ms = answer_to_frame_from(&page, &id)
+            .await
+            .with_context(|| format!("native call {i}: {:?}", player.output()))?;
+        eprintln!("native call {i}: {ms:.0} ms");
+        if i > 0 {
+            times.push(ms);
+        }
+        if i == runs {
+            // CPU of the playing native process over 5 s of the call.
+            let pid = player.pid().context("no pid")?;
+            let before = ferry_e2e::process_cpu_seconds(pid).context("no cpu")?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let after = ferry_e2e::process_cpu_seconds(pid).context("no cpu")?;
+            cpu.push((after - before) / 5.0);
+        }
+        page.eval("window.__ferry.calls.hangUp(); return true")
+            .await?;
+        let _ = player.wait_exit(Duration::from_secs(10)).await;
+        page.close().await?;
+    }
+    times.sort_by(f64::total_cmp);
+    let p50 = percentile(&times, 0.5);
+    let p90 = percentile(&times, 0.9);
+    println!(
+        "native -> browser, answer to first remote frame decoded: p50 {p50:.0} ms, p90 {p90:.0} ms ({runs} runs); native CPU while playing {:.3} cores",
+        cpu.first().copied().unwrap_or(0.0)
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(serde_json::json!({
+        "answer_to_frame_p50_ms": p50.round(),
+        "answer_to_frame_p90_ms": p90.round(),
+        "native_cpu_cores": (cpu.first().copied().unwrap_or(0.0) * 1000.0).round() / 1000.0,
+        "clip_bytes": clip_bytes,
+    }))
 }
 
 /// Browser and native benchmarks for Ferry.
