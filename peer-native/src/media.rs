@@ -261,7 +261,8 @@ impl Outbound {
 
     /// Adds our call media to `pc` (once per connection) and starts playing.
     /// The caller renegotiates afterwards.
-    pub(crate) async fn start(&mut self, pc: &dyn PeerConnection) -> Result<(), Error> {
+    pub(crate) async fn start(&mut self, pc: &Arc<dyn PeerConnection>) -> Result<(), Error> {
+        let weak = Arc::downgrade(pc);
         self.stop();
         if self.config.play_video.is_some() && self.video.is_none() {
             let track = local_track(RtpCodecKind::Video, vp8())?;
@@ -294,8 +295,9 @@ impl Outbound {
         if let (Some((track, sender)), Some(path)) = (&self.video, &self.config.play_video) {
             let (track, sender, path) = (track.clone(), sender.clone(), path.clone());
             let repeat = self.config.repeat;
+            let pc = weak.clone();
             self.players.push(tokio::spawn(async move {
-                if let Err(e) = play_video(&path, &track, &sender, repeat).await {
+                if let Err(e) = play_video(&pc, &path, &track, &sender, repeat).await {
                     tracing::warn!("video stopped: {e}");
                 }
             }));
@@ -303,8 +305,9 @@ impl Outbound {
         if let (Some((track, sender)), Some(path)) = (&self.audio, &self.config.play_audio) {
             let (track, sender, path) = (track.clone(), sender.clone(), path.clone());
             let repeat = self.config.repeat;
+            let pc = weak.clone();
             self.players.push(tokio::spawn(async move {
-                if let Err(e) = play_audio(&path, &track, &sender, repeat).await {
+                if let Err(e) = play_audio(&pc, &path, &track, &sender, repeat).await {
                     tracing::warn!("audio stopped: {e}");
                 }
             }));
@@ -326,9 +329,12 @@ impl Drop for Outbound {
     }
 }
 
-/// Waits until negotiation gave `sender` a codec, and returns its SSRC and
-/// payload type.
+/// Waits until an offer/answer round has put `sender` on the wire (its
+/// transceiver's current direction sends), and returns its SSRC and
+/// payload type. Frames written before that would be dropped, and the
+/// first one is the key frame that the receiver's decoder needs.
 async fn negotiated(
+    pc: &std::sync::Weak<dyn PeerConnection>,
     track: &TrackLocalStaticSample,
     sender: &Arc<dyn RtpSender>,
 ) -> Result<(u32, u8), Error> {
@@ -338,20 +344,35 @@ async fn negotiated(
         .first()
         .ok_or_else(|| Error::Internal("a track without an SSRC".into()))?;
     loop {
-        if let Some(codec) = sender.get_parameters().await?.rtp_parameters.codecs.first() {
+        let pc = pc.upgrade().ok_or(Error::Stopped)?;
+        let mut sending = false;
+        for t in pc.get_transceivers().await {
+            if let Ok(Some(s)) = t.sender().await
+                && s.id() == sender.id()
+            {
+                sending = matches!(
+                    t.current_direction().await,
+                    Ok(RTCRtpTransceiverDirection::Sendrecv | RTCRtpTransceiverDirection::Sendonly)
+                );
+            }
+        }
+        drop(pc);
+        if sending && let Some(codec) = sender.get_parameters().await?.rtp_parameters.codecs.first()
+        {
             return Ok((ssrc, codec.payload_type));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 async fn play_video(
+    pc: &std::sync::Weak<dyn PeerConnection>,
     path: &Path,
     track: &TrackLocalStaticSample,
     sender: &Arc<dyn RtpSender>,
     repeat: bool,
 ) -> Result<(), Error> {
-    let (ssrc, pt) = negotiated(track, sender).await?;
+    let (ssrc, pt) = negotiated(pc, track, sender).await?;
     tracing::info!("playing {} into the call", path.display());
     let started = tokio::time::Instant::now();
     // Where the current pass through the file starts on the call's clock.
@@ -387,12 +408,13 @@ async fn play_video(
 }
 
 async fn play_audio(
+    pc: &std::sync::Weak<dyn PeerConnection>,
     path: &Path,
     track: &TrackLocalStaticSample,
     sender: &Arc<dyn RtpSender>,
     repeat: bool,
 ) -> Result<(), Error> {
-    let (ssrc, pt) = negotiated(track, sender).await?;
+    let (ssrc, pt) = negotiated(pc, track, sender).await?;
     let started = tokio::time::Instant::now();
     let mut at = Duration::ZERO;
     loop {

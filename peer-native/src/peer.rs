@@ -516,7 +516,7 @@ async fn run(
             }
             LinkCommand::StartMedia => {
                 if let Some(out) = &mut outbound
-                    && let Err(e) = out.start(pc.as_ref()).await
+                    && let Err(e) = out.start(&pc).await
                 {
                     tracing::warn!(peer = %feed.peer, "cannot add call media: {e}");
                 }
