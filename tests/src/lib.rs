@@ -613,7 +613,7 @@ impl Page {
     /// Closes the browser and removes its profile (which holds any files
     /// the page stored).
     pub async fn close(self) -> Result<()> {
-        self.client.close().await?;
+        self.client.clone().close().await?;
         for _ in 0..20 {
             if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
                 break;
@@ -621,6 +621,26 @@ impl Page {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+}
+
+impl Drop for Page {
+    /// A test that fails before [`Page::close`] leaves no Chromium behind:
+    /// left running (some encoding fake video), they slowed every later
+    /// test on the machine.
+    fn drop(&mut self) {
+        let pids: Vec<String> = chromium_processes(&self.profile)
+            .into_iter()
+            .map(|(pid, _)| pid.to_string())
+            .collect();
+        if !pids.is_empty() {
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .args(&pids)
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
