@@ -172,7 +172,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
 async fn leave(state: &AppState, m: &Membership) {
     state.rooms.leave(&m.room, &m.id, m.conn);
     if let Some(cluster) = &state.cluster {
-        cluster.leave(&m.room, &m.id, m.conn).await;
+        Box::pin(cluster.leave(&m.room, &m.id, m.conn)).await;
     }
 }
 
@@ -291,8 +291,11 @@ async fn handle_frame(
             let token = resume_token.as_deref().filter(|t| t.len() <= 64);
             let password = password.as_deref().filter(|p| p.len() <= 256);
             let clustered = match &state.cluster {
+                // Boxed, like every cluster call: their futures are large,
+                // and inlined they would make every connection's task (idle
+                // ones included) as large as the largest of them.
                 Some(c) => {
-                    c.join(
+                    Box::pin(c.join(
                         &state.rooms,
                         &room,
                         name.clone(),
@@ -301,7 +304,7 @@ async fn handle_frame(
                         password,
                         tx.clone(),
                         state.config.limits.max_rooms,
-                    )
+                    ))
                     .await
                 }
                 None => None,
@@ -356,8 +359,7 @@ async fn handle_frame(
             let text = crate::rooms::encode(&frame);
             let relayed = match state.rooms.relay(&m.room, &to, frame) {
                 Err(Error::UnknownPeer(_)) if state.cluster.is_some() => match &state.cluster {
-                    Some(c) => c
-                        .relay(&m.room, &to, text)
+                    Some(c) => Box::pin(c.relay(&m.room, &to, text))
                         .await
                         .unwrap_or(Err(Error::UnknownPeer(to))),
                     None => Err(Error::UnknownPeer(to)),

@@ -67,8 +67,11 @@ fn target_dir() -> PathBuf {
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
+    // Commands run from the repository root unless they chose a folder.
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     let status: ExitStatus = cmd
-        .current_dir(root())
         .status()
         .with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !status.success() {

@@ -724,9 +724,23 @@ async fn bench(connections: usize, rate: u64, secs: u64) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    match Cli::parse() {
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // A worker runs on one thread: several of them share the two cores
+    // with the server under test, and every extra thread competes with it
+    // and adds scheduling delay to the latencies being measured.
+    let runtime = if matches!(cli, Cli::Worker { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli {
         Cli::Bench {
             connections,
             rate,
