@@ -8,7 +8,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use ferry_protocol::{
     ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerId, ProtocolError, RoomCode, ServerMessage,
 };
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::limits::Bucket;
@@ -39,7 +38,7 @@ enum Flow {
 
 pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
     state.metrics.connections.inc();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let (tx, mut rx) = crate::outbox::channel::<Outbound>(OUTBOUND_QUEUE);
     let mut membership: Option<Membership> = None;
     let heartbeat = state.config.heartbeat;
     let limits = &state.config.limits;
@@ -85,7 +84,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                 }
                 None => Flow::Close,
             },
-            Some(out) = rx.recv() => match out {
+            out = rx.recv() => match out {
                 Outbound::Text(text) => {
                     if send_timed(&mut socket, &state, Message::Text(text)).await {
                         Flow::Continue
@@ -226,7 +225,7 @@ fn error_frame(err: &Error) -> ServerMessage {
 async fn handle_message(
     msg: Message,
     state: &AppState,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &crate::outbox::Sender<Outbound>,
     membership: &mut Option<Membership>,
 ) -> Option<Vec<ServerMessage>> {
     let mut leave = false;
@@ -237,7 +236,7 @@ async fn handle_message(
 async fn handle_frame(
     msg: Message,
     state: &AppState,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &crate::outbox::Sender<Outbound>,
     membership: &mut Option<Membership>,
     leave: &mut bool,
 ) -> Vec<ServerMessage> {

@@ -29,6 +29,7 @@ mod connection;
 pub mod ice;
 pub mod limits;
 mod metrics;
+mod outbox;
 mod rooms;
 pub mod settings;
 

@@ -7,16 +7,15 @@ use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{PeerId, PeerInfo, RoomCode, ServerMessage};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use tokio::sync::mpsc;
 
 use crate::Error;
+use crate::outbox;
 
 /// What a connection task is asked to write to its socket.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A protocol frame, already encoded: one encoding serves every
-    /// recipient of an announcement, and a queue slot stays small (an idle
-    /// connection's queue is most of its memory).
+    /// recipient of an announcement, and a queue slot stays small.
     Text(Utf8Bytes),
     /// A newer connection took this member's seat with its resume token:
     /// close without leaving.
@@ -24,7 +23,7 @@ pub(crate) enum Outbound {
 }
 
 /// The sending half of a member's outbound queue.
-pub(crate) type MemberTx = mpsc::Sender<Outbound>;
+pub(crate) type MemberTx = outbox::Sender<Outbound>;
 
 struct Member {
     info: PeerInfo,
@@ -444,8 +443,8 @@ mod tests {
         r: &str,
         rejoin: Option<&PeerId>,
         token: Option<&str>,
-    ) -> (Seat, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(8);
+    ) -> (Seat, outbox::Receiver<Outbound>) {
+        let (tx, rx) = outbox::channel(8);
         (
             reg.join(&room(r), String::new(), rejoin.cloned(), token, None, tx)
                 .unwrap(),
@@ -453,8 +452,8 @@ mod tests {
         )
     }
 
-    fn next_frame(rx: &mut mpsc::Receiver<Outbound>) -> Option<ServerMessage> {
-        match rx.try_recv().ok()? {
+    fn next_frame(rx: &mut outbox::Receiver<Outbound>) -> Option<ServerMessage> {
+        match rx.try_recv()? {
             Outbound::Text(t) => Some(ServerMessage::decode(t.as_str()).unwrap()),
             Outbound::Replaced => None,
         }
@@ -472,7 +471,7 @@ mod tests {
             next_frame(&mut rx1),
             Some(ServerMessage::PeerJoined { peer }) if peer.id == b.id
         ));
-        let (tx3, _rx3) = mpsc::channel(8);
+        let (tx3, _rx3) = outbox::channel(8);
         assert!(matches!(
             reg.join(&room("r"), String::new(), None, None, None, tx3),
             Err(Error::RoomFull(2))
@@ -559,7 +558,7 @@ mod tests {
         let (b, mut rx_old) = join(&reg, "r", None, None);
         let (back, _rx_new) = join(&reg, "r", Some(&b.id), Some(&b.token));
         assert!(back.resumed);
-        assert!(matches!(rx_old.try_recv(), Ok(Outbound::Replaced)));
+        assert!(matches!(rx_old.try_recv(), Some(Outbound::Replaced)));
         assert!(
             !reg.detach(&room("r"), &b.id, b.conn),
             "the old connection holds nothing"
@@ -580,7 +579,7 @@ mod tests {
             Err(Error::UnknownPeer(_))
         ));
         reg.relay(&room("r2"), &b.id, frame).unwrap();
-        assert!(rx2.try_recv().is_ok());
+        assert!(rx2.try_recv().is_some());
     }
 
     #[test]
@@ -589,7 +588,7 @@ mod tests {
         for r in ["room-a", "room-b"] {
             let _ = join(&reg, r, None, None);
         }
-        let (tx, _rx) = mpsc::channel(8);
+        let (tx, _rx) = outbox::channel(8);
         let third = reg.join(&room("room-c"), String::new(), None, None, None, tx.clone());
         assert!(matches!(third, Err(Error::TooManyRooms(2))));
         // Joining an existing room still works.
@@ -601,7 +600,7 @@ mod tests {
     fn a_room_password_is_set_by_its_creator_and_checked_after() {
         let reg = RoomRegistry::new(8, 100);
         let with = |pw: Option<&str>| {
-            let (tx, _rx) = mpsc::channel(8);
+            let (tx, _rx) = outbox::channel(8);
             reg.join(&room("locked"), String::new(), None, None, pw, tx)
         };
         let owner = with(Some("hunter2")).unwrap();
@@ -611,7 +610,7 @@ mod tests {
         let guest = with(Some("hunter2")).unwrap();
         // A kept seat comes back with its token alone.
         assert!(reg.detach(&room("locked"), &guest.id, guest.conn));
-        let (tx, _rx) = mpsc::channel(8);
+        let (tx, _rx) = outbox::channel(8);
         let back = reg
             .join(
                 &room("locked"),
