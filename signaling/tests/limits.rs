@@ -220,3 +220,58 @@ async fn shutting_down_tells_clients_to_reconnect() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_its_room_told() {
+    let mut config = Config::default();
+    config.limits.write_timeout = Duration::from_millis(300);
+    config.limits.messages_per_sec = 100_000;
+    config.limits.message_burst = 100_000;
+    config.reconnect_grace = Duration::ZERO;
+    let url = start(config).await;
+    let mut a = connect(&url).await;
+    join(&mut a, "slow").await;
+    // B joins and then never reads its socket again.
+    let mut b = connect(&url).await;
+    let (idb, _) = join(&mut b, "slow").await;
+    assert!(matches!(
+        recv(&mut a).await,
+        Some(ServerMessage::PeerJoined { .. })
+    ));
+    // About 40 KB a frame, under the 64 KiB frame limit.
+    let sdp = format!("v=0 {}", "x".repeat(40_000));
+    let offer =
+        json!({"type": "signal", "to": idb.to_string(), "signal": {"kind": "offer", "sdp": sdp}});
+    let (mut busy, mut left) = (0, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !left && tokio::time::Instant::now() < deadline {
+        send(&mut a, offer.clone()).await;
+        // What the server says back, without waiting for more.
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(
+            Duration::from_millis(1),
+            futures_util::StreamExt::next(&mut a),
+        )
+        .await
+        {
+            let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
+                continue;
+            };
+            match ServerMessage::decode(&t).expect("valid frame") {
+                ServerMessage::Error { code, .. } if code == ErrorCode::PeerBusy => busy += 1,
+                ServerMessage::PeerLeft { peer_id } if peer_id == idb => left = true,
+                _ => {}
+            }
+        }
+    }
+    let metrics = http_get(&url, "/metrics").await;
+    assert!(
+        left,
+        "the slow member was never dropped ({busy} busy replies)"
+    );
+    assert!(busy > 0, "its full queue was reported as peer_busy");
+    assert!(
+        metrics.contains("ferry_rejects_total{reason=\"slow_client\"}"),
+        "{metrics}"
+    );
+    drop(b);
+}
