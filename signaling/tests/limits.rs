@@ -224,7 +224,8 @@ async fn shutting_down_tells_clients_to_reconnect() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_and_its_room_told() {
     let mut config = Config::default();
-    config.limits.write_timeout = Duration::from_millis(300);
+    // Long enough that the queue fills while a write is stuck.
+    config.limits.write_timeout = Duration::from_secs(2);
     config.limits.messages_per_sec = 100_000;
     config.limits.message_burst = 100_000;
     config.reconnect_grace = Duration::ZERO;
@@ -257,7 +258,10 @@ async fn a_client_that_stops_reading_is_dropped_and_its_room_told() {
                 continue;
             };
             match ServerMessage::decode(&t).expect("valid frame") {
-                ServerMessage::Error { code, .. } if code == ErrorCode::PeerBusy => busy += 1,
+                ServerMessage::Error {
+                    code: ErrorCode::PeerBusy,
+                    ..
+                } => busy += 1,
                 ServerMessage::PeerLeft { peer_id } if peer_id == idb => left = true,
                 _ => {}
             }
