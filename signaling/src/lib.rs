@@ -12,8 +12,12 @@
 //!
 //! [`app`] builds the whole service as an axum [`Router`], separate from
 //! `main`, so tests can serve it on port 0. Each WebSocket is one task that
-//! owns its socket and a bounded outbound queue; the [`RoomRegistry`] maps
-//! rooms to those queues under one short-held mutex. Bad input never panics
+//! owns its socket and a bounded outbound queue (`outbox`, which allocates
+//! nothing until a frame is queued: most connections sit idle); the task
+//! writes whatever is queued with one flush. The [`RoomRegistry`] maps
+//! rooms to those queues under one short-held mutex. With `--redis`, calls
+//! into the cluster are boxed so that their large futures do not make
+//! every connection's task as large. Bad input never panics
 //! and never affects other connections: it gets an `error` frame with a
 //! stable code (see [`ferry_protocol::ErrorCode`]), and only errors that make
 //! the connection useless close it. Heartbeats (WebSocket pings, which
