@@ -503,8 +503,15 @@ impl Session {
             LinkState::Disconnected => link
                 .disconnected_at
                 .map(|t| t.max(link.attempt_started) + self.config.disconnect_grace),
-            _ => None,
+            _ => self.offer_deadline(link),
         }
+    }
+
+    /// When a connected link's unanswered offer is given up and made again.
+    fn offer_deadline(&self, link: &Link) -> Option<Millis> {
+        link.offer_sent_at
+            .filter(|_| link.awaiting_answer())
+            .map(|t| t + self.config.connect_timeout)
     }
 
     /// Handles whatever was due at `now`.
@@ -544,6 +551,13 @@ impl Session {
         let Some(link) = self.members.get_mut(peer).and_then(|m| m.link.as_mut()) else {
             return;
         };
+        if !matches!(link.state, LinkState::Connecting | LinkState::Disconnected) {
+            // Connected, with an offer that got no answer.
+            let mut out = Vec::new();
+            link.offer_unanswered(&mut out);
+            self.emit_link(peer, out);
+            return;
+        }
         if link.restarts >= max {
             link.state = LinkState::Failed;
             self.outputs.push_back(Output::Event(Event::PeerState {
@@ -863,7 +877,8 @@ impl Session {
         };
         match event {
             PeerEvent::LocalDescription { kind, sdp } => {
-                link.local_description(kind, sdp, &mut out)
+                link.local_description(kind, sdp, &mut out);
+                link.offer_sent_at = link.awaiting_answer().then_some(now);
             }
             PeerEvent::RemoteDescriptionSet => link.remote_description_set(&mut out),
             PeerEvent::OperationFailed(message) => {

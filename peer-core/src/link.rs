@@ -125,6 +125,8 @@ pub(crate) struct Link {
     /// came while an offer was in flight, or our offer lost a collision.
     /// Another offer follows once the link is stable again.
     reoffer: bool,
+    /// When our offer now waiting for its answer went out.
+    pub(crate) offer_sent_at: Option<Millis>,
     ignore_offer: bool,
     remote_set: bool,
     pending_candidates: Vec<Candidate>,
@@ -151,6 +153,7 @@ impl Link {
             signaling: SignalingState::Stable,
             discard_local_offer: false,
             reoffer: false,
+            offer_sent_at: None,
             ignore_offer: false,
             remote_set: false,
             pending_candidates: Vec::new(),
@@ -163,6 +166,22 @@ impl Link {
                 .queue
                 .iter()
                 .any(|op| matches!(op, Op::MakeOffer { .. }))
+    }
+
+    /// Whether our offer went out and no answer to it has arrived.
+    pub(crate) fn awaiting_answer(&self) -> bool {
+        self.signaling == SignalingState::HaveLocalOffer && !self.answer_pending()
+    }
+
+    /// Our offer got no answer in time (the relay refused it, or the other
+    /// side failed to apply it): offer again, replacing it. Without this a
+    /// connected link would wait forever, and every renegotiation with it.
+    pub(crate) fn offer_unanswered(&mut self, out: &mut Vec<LinkOutput>) {
+        self.offer_sent_at = None;
+        if self.awaiting_answer() && !self.offering() {
+            self.queue.push_back(Op::MakeOffer { ice_restart: false });
+            self.pump(out);
+        }
     }
 
     fn answer_pending(&self) -> bool {

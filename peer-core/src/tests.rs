@@ -782,6 +782,28 @@ fn media_changes_during_a_negotiation_are_offered_afterwards() {
 }
 
 #[test]
+fn an_offer_that_gets_no_answer_is_made_again() {
+    let mut net = Net::new(9);
+    let a = net.add_session();
+    let b = net.add_session();
+    net.run_until(2_000);
+    assert!(net.all_connected());
+    let (ida, idb) = (net.id_of(a), net.id_of(b));
+    // The relay loses A's offer (as when it refuses it with peer_busy).
+    net.signal_loss = 1.0;
+    net.change_media(a, &idb);
+    net.run_until(net.now + 200);
+    net.signal_loss = 0.0;
+    // Meanwhile B asks for one too; whichever side is impolite ignores the
+    // other's offer while it waits for its lost answer.
+    net.change_media(b, &ida);
+    let timeout = net.sessions[a].config.connect_timeout;
+    net.run_until(net.now + timeout + 3_000);
+    assert_eq!(net.unnegotiated(), Vec::<String>::new());
+    assert!(net.all_connected());
+}
+
+#[test]
 fn lost_signals_recover_through_ice_restart() {
     let mut net = Net::new(11);
     net.signal_loss = 0.3;

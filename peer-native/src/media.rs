@@ -388,7 +388,9 @@ async fn play_video(
         };
         let frame_time = at(1);
         let mut last = Duration::ZERO;
+        let mut frames = 0u64;
         while let Ok((frame, frame_header)) = ivf.parse_next_frame() {
+            frames += 1;
             last = at(frame_header.timestamp);
             tokio::time::sleep_until(started + offset + last).await;
             track
@@ -399,6 +401,12 @@ async fn play_video(
                     ..Sample::new(Instant::now())
                 })
                 .await?;
+        }
+        if frames == 0 {
+            return Err(Error::Media(format!(
+                "{} holds no video frames",
+                path.display()
+            )));
         }
         if !repeat {
             return Ok(());
@@ -419,11 +427,13 @@ async fn play_audio(
     let mut at = Duration::ZERO;
     loop {
         let mut file = OpusFile::open(path)?;
+        let mut played = 0u64;
         while let Some(packet) = file.next() {
             let Some(duration) = opus_duration(&packet) else {
                 tracing::debug!("skipped a malformed Opus packet");
                 continue;
             };
+            played += 1;
             tokio::time::sleep_until(started + at).await;
             track
                 .sample_writer(ssrc, pt)
@@ -434,6 +444,12 @@ async fn play_audio(
                 })
                 .await?;
             at += duration;
+        }
+        if played == 0 {
+            return Err(Error::Media(format!(
+                "{} holds no playable Opus packets",
+                path.display()
+            )));
         }
         if !repeat {
             return Ok(());
@@ -524,10 +540,12 @@ impl Recorder {
             }
         };
         tracing::info!("recording {} into {}", self.peer, path.display());
+        let is_audio = ext == "ogg";
+        let mut pli_task = None;
         if track.kind().await == RtpCodecKind::Video {
             // A key frame now, and every few seconds for whoever joins late.
             let pli = track.clone();
-            tokio::spawn(async move {
+            pli_task = Some(tokio::spawn(async move {
                 loop {
                     let asked = pli
                         .write_rtcp(vec![Box::new(PictureLossIndication {
@@ -540,14 +558,28 @@ impl Recorder {
                     }
                     tokio::time::sleep(Duration::from_secs(3)).await;
                 }
-            });
+            }));
         }
+        // The Ogg writer takes timestamps in order only (it subtracts them):
+        // a packet that arrives late is dropped, as a jitter buffer would.
+        let mut newest: Option<u32> = None;
         while let Some(event) = track.poll().await {
-            if let TrackRemoteEvent::OnRtpPacket(packet) = event
-                && let Err(e) = writer.write_rtp(&packet)
-            {
+            let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                continue;
+            };
+            if is_audio {
+                let ts = packet.header.timestamp;
+                if newest.is_some_and(|n| (ts.wrapping_sub(n) as i32) < 0) {
+                    continue;
+                }
+                newest = Some(ts);
+            }
+            if let Err(e) = writer.write_rtp(&packet) {
                 tracing::debug!("a packet was not recorded: {e}");
             }
+        }
+        if let Some(t) = pli_task {
+            t.abort();
         }
         if let Err(e) = writer.close() {
             tracing::warn!("cannot finish {}: {e}", path.display());

@@ -131,6 +131,9 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
         }
         break;
     }
+    // Frames relayed from now on fail (the sender hears `peer_busy`) instead
+    // of being taken and thrown away.
+    drop(rx);
     if let Some(m) = membership.take() {
         let grace = state.config.reconnect_grace;
         if grace.is_zero() || (state.shutting_down() && state.cluster.is_none()) {
