@@ -23,6 +23,7 @@ export class Calls {
     this.senders = new Map(); // peer -> {audio, video}
     this.tiles = new Map(); // peer -> {el, video, stats}
     this.watched = new WeakSet(); // peer connections with a track listener
+    this.remote = new Map(); // peer -> MediaStream of the tracks it sends us
     this.statsTimer = null;
     this.lastStats = new Map();
     this.notice = "";
@@ -94,6 +95,7 @@ export class Calls {
 
   peerGone(peer) {
     this.senders.delete(peer);
+    this.remote.delete(peer);
     this.removeTile(peer);
     this.render();
   }
@@ -348,13 +350,21 @@ export class Calls {
 
   // ---- Remote media and tiles ---------------------------------------------
 
+  // Each peer's received tracks live in one stream per connection, kept
+  // across calls: a track may arrive before the call it belongs to is
+  // joined (a native peer that calls adds its tracks at once), and the tile
+  // made later shows it.
   remoteTrack(peer, ev) {
+    let stream = this.remote.get(peer);
+    if (!stream) {
+      stream = new MediaStream();
+      this.remote.set(peer, stream);
+    }
+    if (!stream.getTracks().includes(ev.track)) stream.addTrack(ev.track);
+    ev.track.addEventListener("ended", () => stream.removeTrack(ev.track));
     if (!this.call) return;
     const tile = this.addTile(peer, this.peerName(peer));
-    const stream = tile.video.srcObject instanceof MediaStream ? tile.video.srcObject : new MediaStream();
-    if (!stream.getTracks().includes(ev.track)) stream.addTrack(ev.track);
-    tile.video.srcObject = stream;
-    ev.track.addEventListener("ended", () => stream.removeTrack(ev.track));
+    if (tile.video.srcObject !== stream) tile.video.srcObject = stream;
   }
 
   addTile(peer, name) {
@@ -368,6 +378,7 @@ export class Calls {
     video.autoplay = true;
     video.playsInline = true;
     if (peer === "self") { video.muted = true; video.srcObject = this.local; }
+    else if (this.remote.has(peer)) video.srcObject = this.remote.get(peer);
     const label = document.createElement("figcaption");
     label.textContent = name || "Guest";
     const stats = document.createElement("pre");

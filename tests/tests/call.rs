@@ -11,10 +11,7 @@ use serde_json::Value;
 const CONNECT: Duration = Duration::from_secs(20);
 
 async fn room_of(browser: &Browser, server: &Server, n: usize) -> Result<Vec<Page>> {
-    let first = browser.page().await?;
-    first.open(&server.url()).await?;
-    first.click("create-room").await?;
-    let link = first.room_link().await?;
+    let (first, link) = browser.page_in_new_room(server).await?;
     let mut pages = vec![first];
     for _ in 1..n {
         let p = browser.page().await?;
@@ -120,6 +117,14 @@ async fn two_pages_call_mute_turn_the_camera_off_and_share_the_screen() -> Resul
     }
     let _ = std::fs::create_dir_all("../target/e2e");
     b.click("toggle-stats").await?;
+    for p in [a, b] {
+        p.wait_for(
+            "document.querySelector(\"[data-testid='tile'] video\").videoWidth > 0",
+            CONNECT,
+        )
+        .await
+        .context("the remote tile shows no video")?;
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     b.screenshot("../target/e2e/call.png").await?;
     let overlay = b
@@ -399,10 +404,7 @@ async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> 
     let rec = work.join("rec");
 
     // browser → native: the page calls; `ferry call --record` answers.
-    let page = browser.page().await?;
-    page.open(&server.url()).await?;
-    page.click("create-room").await?;
-    let link = page.room_link().await?;
+    let (page, link) = browser.page_in_new_room(&server).await?;
     let recorder = Native::start(
         &server,
         &[
@@ -462,10 +464,7 @@ async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> 
     let sound = work.join("clip.ogg");
     std::fs::copy(&ivf, &clip)?;
     std::fs::copy(&ogg, &sound)?;
-    let page = browser.page().await?;
-    page.open(&server.url()).await?;
-    page.click("create-room").await?;
-    let link = page.room_link().await?;
+    let (page, link) = browser.page_in_new_room(&server).await?;
     let player = Native::start(
         &server,
         &[
@@ -491,6 +490,15 @@ async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> 
     page.click("answer-call").await?;
     wait_rising(&page, &native_id, "framesDecoded", CONNECT).await?;
     wait_rising(&page, &native_id, "audioPackets", CONNECT).await?;
+    // And the tile shows it (a track that arrived before the call was
+    // joined used to be dropped, leaving the tile black).
+    page.wait_for(
+        "document.querySelector(\"[data-testid='tile'] video\").videoWidth > 0",
+        CONNECT,
+    )
+    .await
+    .context("the native peer's tile shows no video")?;
+    page.screenshot("../target/e2e/native-call.png").await?;
     page.close().await?;
     drop(player);
     let _ = std::fs::remove_dir_all(&work);
