@@ -608,24 +608,15 @@ async fn chat(common: Common, code: String) -> Result<u8> {
                 }
             },
             event = events.recv() => match event {
-                Some(NodeEvent::Engine(event)) => match event {
-                    Event::Joined { room, .. } => println!("* joined {room}"),
-                    Event::PeerState { peer_id, state: LinkState::Connected } => {
-                        let who = node.member_name(&peer_id).await.unwrap_or_default();
-                        println!("* {} is connected", display(&who));
+                Some(NodeEvent::Engine(event)) => {
+                    if let Some(c) = room_event(&node, &event).await {
+                        return Ok(c);
                     }
-                    Event::PeerLeft { peer_id } => println!("* {peer_id} left"),
-                    Event::Chat { from, text } => {
+                    if let Event::Chat { from, text } = event {
                         let who = node.member_name(&from).await.unwrap_or_else(|| from.to_string());
                         println!("<{who}> {text}");
                     }
-                    Event::ServerError { code, message } => {
-                        if let Some(c) = server_error(code, &message) {
-                            return Ok(c);
-                        }
-                    }
-                    _ => {}
-                },
+                }
                 Some(_) => {}
                 None => return Ok(exit::FAILED),
             },
@@ -636,6 +627,25 @@ async fn chat(common: Common, code: String) -> Result<u8> {
     .await;
     node.close().await;
     outcome
+}
+
+/// Prints the room events that `chat` and `call` show alike; the exit code
+/// if the server refused us for good.
+async fn room_event(node: &Node, event: &Event) -> Option<u8> {
+    match event {
+        Event::Joined { room, .. } => println!("* joined {room}"),
+        Event::PeerState {
+            peer_id,
+            state: LinkState::Connected,
+        } => {
+            let who = node.member_name(peer_id).await.unwrap_or_default();
+            println!("* {} is connected", display(&who));
+        }
+        Event::PeerLeft { peer_id } => println!("* {peer_id} left"),
+        Event::ServerError { code, message } => return server_error(*code, message),
+        _ => {}
+    }
+    None
 }
 
 /// How long `call` waits to be called after someone connects before it
@@ -667,48 +677,44 @@ async fn call(common: Common, code: String, media: MediaConfig, wait: bool) -> R
                     }
                 }
                 event = events.recv() => match event {
-                    Some(NodeEvent::Engine(event)) => match event {
-                        Event::Joined { room, .. } => println!("* joined {room}"),
-                        Event::PeerState { peer_id, state: LinkState::Connected } => {
-                            let who = node.member_name(&peer_id).await.unwrap_or_default();
-                            println!("* {} is connected", display(&who));
-                            if !wait && !in_call && call_at.is_none() {
+                    Some(NodeEvent::Engine(event)) => {
+                        if let Some(c) = room_event(&node, &event).await {
+                            return Ok(c);
+                        }
+                        match event {
+                            Event::PeerState { state: LinkState::Connected, .. }
+                                if !wait && !in_call && call_at.is_none() =>
+                            {
                                 call_at = Some(tokio::time::Instant::now() + CALL_AFTER);
                             }
-                        }
-                        Event::PeerLeft { peer_id } => println!("* {peer_id} left"),
-                        Event::Call { event } => match event {
-                            CallEvent::Incoming { from, .. } => {
-                                let who = node.member_name(&from).await.unwrap_or_default();
-                                println!("* {} is calling; answering", display(&who));
-                            }
-                            CallEvent::Joined { .. } => in_call = true,
-                            CallEvent::SendMedia { peer } => {
-                                in_call = true;
-                                let who = node.member_name(&peer).await.unwrap_or_default();
-                                println!("* in the call with {}", display(&who));
-                            }
-                            CallEvent::StopMedia { peer } => {
-                                let who = node.member_name(&peer).await.unwrap_or_default();
-                                println!("* {} left the call", display(&who));
-                            }
-                            CallEvent::Declined { peer, reason } => {
-                                let who = node.member_name(&peer).await.unwrap_or_default();
-                                println!("* {} declined: {reason}", display(&who));
-                            }
-                            CallEvent::Ended { reason, .. } => {
-                                println!("* the call ended: {reason}");
-                                return Ok(exit::OK);
-                            }
+                            Event::Call { event } => match event {
+                                CallEvent::Incoming { from, .. } => {
+                                    let who = node.member_name(&from).await.unwrap_or_default();
+                                    println!("* {} is calling; answering", display(&who));
+                                }
+                                CallEvent::Joined { .. } => in_call = true,
+                                CallEvent::SendMedia { peer } => {
+                                    in_call = true;
+                                    let who = node.member_name(&peer).await.unwrap_or_default();
+                                    println!("* in the call with {}", display(&who));
+                                }
+                                CallEvent::StopMedia { peer } => {
+                                    let who = node.member_name(&peer).await.unwrap_or_default();
+                                    println!("* {} left the call", display(&who));
+                                }
+                                CallEvent::Declined { peer, reason } => {
+                                    let who = node.member_name(&peer).await.unwrap_or_default();
+                                    println!("* {} declined: {reason}", display(&who));
+                                }
+                                CallEvent::Ended { reason, .. } => {
+                                    println!("* the call ended: {reason}");
+                                    return Ok(exit::OK);
+                                }
+                                _ => {}
+                            },
                             _ => {}
-                        },
-                        Event::ServerError { code, message } => {
-                            if let Some(c) = server_error(code, &message) {
-                                return Ok(c);
-                            }
                         }
-                        _ => {}
-                    },
+                    }
                     Some(_) => {}
                     None => return Ok(exit::FAILED),
                 },

@@ -186,6 +186,16 @@ impl Browser {
         self.page_with_downloads(None).await
     }
 
+    /// Opens a new page that creates a room through the UI; returns it with
+    /// the room link it shows.
+    pub async fn page_in_new_room(&self, server: &Server) -> Result<(Page, String)> {
+        let page = self.page().await?;
+        page.open(&server.url()).await?;
+        page.click("create-room").await?;
+        let link = page.room_link().await?;
+        Ok((page, link))
+    }
+
     /// Opens a new Chromium whose downloads land in `dir`, with a profile
     /// folder the test can find its processes by.
     pub async fn page_with_downloads(&self, dir: Option<&std::path::Path>) -> Result<Page> {

@@ -11,10 +11,7 @@ const DELIVER: Duration = Duration::from_secs(10);
 
 /// Opens a page that creates a room through the UI and returns it with the link.
 async fn create_room(browser: &Browser, server: &Server) -> Result<(Page, String)> {
-    let page = browser.page().await?;
-    page.open(&server.url()).await?;
-    page.click("create-room").await?;
-    let link = page.room_link().await?;
+    let (page, link) = browser.page_in_new_room(server).await?;
     page.peer_id().await?;
     Ok((page, link))
 }

@@ -15,10 +15,7 @@ use ferry_e2e::{Browser, Page, Server, hash_file, make_file, tempdir, wait_downl
 const CONNECT: Duration = Duration::from_secs(20);
 
 async fn pair(browser: &Browser, server: &Server, downloads: &Path) -> Result<(Page, Page)> {
-    let a = browser.page().await?;
-    a.open(&server.url()).await?;
-    a.click("create-room").await?;
-    let link = a.room_link().await?;
+    let (a, link) = browser.page_in_new_room(server).await?;
     let b = browser.page_with_downloads(Some(downloads)).await?;
     b.open(&link).await?;
     a.wait_connected_peers(1, CONNECT).await?;

@@ -382,11 +382,11 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 .env("FERRY_PEERSERVER_DIR", &peerserver);
             run(&mut in_loopback_namespace(&mut cmd))
         }
-        "call" => {
+        "call" | "native" => {
             build_bench()?;
             run(cargo().args(["build", "--release", "-p", "ferry-native"]))?;
             let mut cmd = Command::new(target_dir().join("release/ferry-bench"));
-            cmd.arg("call")
+            cmd.arg(name)
                 .args(args)
                 .env(
                     "FERRY_SIGNALING_BIN",
@@ -403,19 +403,6 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 "FERRY_SIGNALING_BIN",
                 target_dir().join("release/ferry-signaling"),
             );
-            run(&mut in_loopback_namespace(&mut cmd))
-        }
-        "native" => {
-            build_bench()?;
-            run(cargo().args(["build", "--release", "-p", "ferry-native"]))?;
-            let mut cmd = Command::new(target_dir().join("release/ferry-bench"));
-            cmd.arg("native")
-                .args(args)
-                .env(
-                    "FERRY_SIGNALING_BIN",
-                    target_dir().join("release/ferry-signaling"),
-                )
-                .env("FERRY_NATIVE_BIN", target_dir().join("release/ferry"));
             run(&mut in_loopback_namespace(&mut cmd))
         }
         other => bail!(

@@ -605,10 +605,7 @@ async fn hang_up_both(a: &Page, b: &Page) -> Result<()> {
 async fn call_bench(runs: usize, secs: u64) -> Result<()> {
     let server = Server::start(5_000).await?;
     let browser = Browser::start().await?;
-    let a = browser.page().await?;
-    a.open(&server.url()).await?;
-    a.click("create-room").await?;
-    let link = a.room_link().await?;
+    let (a, link) = browser.page_in_new_room(&server).await?;
     let b = browser.page().await?;
     b.open(&link).await?;
     a.wait_connected_peers(1, Duration::from_secs(20)).await?;
@@ -678,10 +675,7 @@ async fn native_calls(
     use ferry_e2e::Native;
     let work = ferry_e2e::tempdir("ferry-bench-call")?;
     let rec = work.join("rec");
-    let page = browser.page().await?;
-    page.open(&server.url()).await?;
-    page.click("create-room").await?;
-    let link = page.room_link().await?;
+    let (page, link) = browser.page_in_new_room(server).await?;
     let bind = ["--bind", "127.0.0.1:0"];
     let rec_arg = rec.to_string_lossy().into_owned();
     let recorder = Native::start(
@@ -720,10 +714,7 @@ async fn native_calls(
     let mut times = Vec::new();
     let mut cpu = Vec::new();
     for i in 0..runs + 1 {
-        let page = browser.page().await?;
-        page.open(&server.url()).await?;
-        page.click("create-room").await?;
-        let link = page.room_link().await?;
+        let (page, link) = browser.page_in_new_room(server).await?;
         let mut player = Native::start(
             server,
             &[
