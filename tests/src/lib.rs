@@ -613,10 +613,15 @@ impl Page {
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
 
-    /// Saves a screenshot as PNG.
+    /// Saves a screenshot as PNG, creating the folder it goes in.
     pub async fn screenshot(&self, path: &str) -> Result<()> {
         let png = self.client.screenshot().await?;
-        std::fs::write(path, png)?;
+        let path = Path::new(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 
