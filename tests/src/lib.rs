@@ -618,8 +618,7 @@ impl Page {
         let png = self.client.screenshot().await?;
         let path = Path::new(path);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
