@@ -8,6 +8,9 @@ const $ = (id) => document.getElementById(id);
 // Upload per participant, by the number of others in the call: a mesh of
 // four sends three copies, so each gets less.
 const BITRATE_CAP = { 1: 2_500_000, 2: 1_200_000, 3: 800_000 };
+// How long the polite side of a pair waits for the other side's offer
+// before it adds transceivers of its own (see `sendTo`).
+const POLITE_WAIT_MS = 400;
 
 export class Calls {
   constructor({ client, peerName, say }) {
@@ -22,6 +25,7 @@ export class Calls {
     this.camOn = true;
     this.senders = new Map(); // peer -> {audio, video}
     this.tiles = new Map(); // peer -> {el, video, stats}
+    this.wanted = new Set(); // peers we are to send to (sendTo may wait)
     this.watched = new WeakSet(); // peer connections with a track listener
     this.remote = new Map(); // peer -> MediaStream of the tracks it sends us
     this.statsTimer = null;
@@ -94,6 +98,7 @@ export class Calls {
   }
 
   peerGone(peer) {
+    this.wanted.delete(peer);
     this.senders.delete(peer);
     this.remote.delete(peer);
     this.removeTile(peer);
@@ -189,6 +194,7 @@ export class Calls {
     clearInterval(this.watchdog);
     this.watchdog = null;
     for (const peer of [...this.senders.keys()]) this.stopTo(peer);
+    this.wanted.clear();
     for (const t of this.local?.getTracks() || []) t.stop();
     this.screen?.stop();
     this.screen = null;
@@ -204,18 +210,42 @@ export class Calls {
     return this.camOn ? this.local?.getVideoTracks()[0] || null : null;
   }
 
-  // Adds our tracks to the connection with `peer`, then renegotiates.
-  // Transceivers of an earlier call (or that the peer's offer created) are
-  // reused, so calling again and again does not grow the session.
-  sendTo(peer) {
+  // Adds our tracks to the connection with `peer`; the browser's
+  // negotiationneeded then starts an offer/answer round. Transceivers of an
+  // earlier call (or that the peer's offer created) are reused, so calling
+  // again and again does not grow the session.
+  //
+  // Both sides of a pair start sending at about the same time, and if both
+  // offered new transceivers at once, the polite side would roll its offer
+  // back: Chromium then leaves the tracks those rolled-back transceivers
+  // receive muted for good (frames are decoded, the tile stays black). So
+  // the impolite side adds its transceivers at once (and receive-only ones
+  // for kinds it does not send, so that its offer always has room for the
+  // other side's media), while the polite side waits a moment for that
+  // offer and puts its tracks on the transceivers it created, which only
+  // changes their direction.
+  sendTo(peer, waited = 0) {
     const pc = this.client()?.peerConnection(peer);
-    if (!pc || !this.local) return;
+    if (!pc || !this.local || !this.call) return;
     this.watchPeer(peer);
     const s = this.senders.get(peer) || {};
     const used = new Set([...this.senders.values()].flatMap((x) => [x.audio, x.video]));
+    const reusable = (kind) => pc.getTransceivers().find((t) => !t.stopped && !t.sender.track && !used.has(t.sender)
+      && t.receiver.track?.kind === kind && (t.direction === "recvonly" || t.direction === "inactive"));
+    const audio = this.local.getAudioTracks()[0];
+    const video = this.videoTrack() || this.local.getVideoTracks()[0];
+    const polite = this.client().isPolite(peer);
+    if (waited === 0) this.wanted.add(peer);
+    else if (!this.wanted.has(peer)) return; // stopped while waiting
+    if (polite && waited < POLITE_WAIT_MS) {
+      const missing = (audio && !s.audio && !reusable("audio")) || (video && !s.video && !reusable("video"));
+      if (missing) {
+        setTimeout(() => this.sendTo(peer, waited + 50), 50);
+        return;
+      }
+    }
     const attach = (kind, track) => {
-      const t = pc.getTransceivers().find((t) => !t.stopped && !t.sender.track && !used.has(t.sender)
-        && t.receiver.track?.kind === kind && (t.direction === "recvonly" || t.direction === "inactive"));
+      const t = reusable(kind);
       if (t) {
         t.direction = "sendrecv";
         t.sender.replaceTrack(track).catch((e) => console.warn("replaceTrack:", e));
@@ -224,21 +254,26 @@ export class Calls {
       }
       return pc.addTrack(track, this.local);
     };
-    const audio = this.local.getAudioTracks()[0];
     if (audio && !s.audio) s.audio = attach("audio", audio);
-    const video = this.videoTrack() || this.local.getVideoTracks()[0];
     if (video && !s.video) {
       s.video = attach("video", video);
       if (!this.videoTrack()) s.video.replaceTrack(null);
     }
+    if (!polite) {
+      for (const kind of ["audio", "video"]) {
+        if (!pc.getTransceivers().some((t) => !t.stopped && t.receiver.track?.kind === kind)) {
+          pc.addTransceiver(kind, { direction: "recvonly" });
+        }
+      }
+    }
     this.senders.set(peer, s);
-    this.client().renegotiate(peer);
     this.capBitrates();
   }
 
   // Stops sending to `peer`: its transceivers stay, receive-only, for the
   // next call.
   stopTo(peer) {
+    this.wanted.delete(peer);
     const pc = this.client()?.peerConnection(peer);
     const s = this.senders.get(peer);
     this.senders.delete(peer);

@@ -763,7 +763,9 @@ impl Session {
         self.open_link(&id, we_offer, now);
     }
 
-    fn polite_towards(&self, peer: &PeerId) -> bool {
+    /// Whether this side is the polite one of perfect negotiation towards
+    /// `peer` (the larger id is polite; false before we have an id).
+    pub fn polite_towards(&self, peer: &PeerId) -> bool {
         self.my_id.as_ref().is_some_and(|me| me > peer)
     }
 

@@ -835,6 +835,13 @@ impl FerryClient {
             .map(|p| p.connection().clone())
     }
 
+    /// Whether this side is the polite one of perfect negotiation towards
+    /// `peer`: the impolite side's offer wins when both offer at once.
+    #[wasm_bindgen(js_name = isPolite)]
+    pub fn is_polite(&self, peer: &str) -> bool {
+        PeerId::new(peer).is_ok_and(|p| self.shared.borrow().session.polite_towards(&p))
+    }
+
     /// Starts an offer/answer round with a peer after its tracks changed.
     pub fn renegotiate(&self, peer: &str) -> Result<(), Error> {
         let peer = PeerId::new(peer)?;

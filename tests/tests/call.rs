@@ -47,6 +47,26 @@ async fn stats(page: &Page, peer: &str) -> Result<Value> {
     .await
 }
 
+/// The state of a page's call tiles, for failure messages.
+async fn tiles(page: &Page) -> Result<Value> {
+    page.eval("return [...document.querySelectorAll('#call-grid figure')].map(f => { const v = f.querySelector('video'); const s = v.srcObject; return { testid: f.dataset.testid, peer: f.dataset.peerId, w: v.videoWidth, ready: v.readyState, paused: v.paused, tracks: s ? s.getTracks().map(t => `${t.kind}:${t.readyState}:${t.muted ? 'muted' : 'live'}:${t.id}`) : null, transceivers: f.dataset.peerId === 'self' ? null : window.__ferry.calls.client()?.peerConnection(f.dataset.peerId)?.getTransceivers().map(t => `${t.mid}:${t.direction}:${t.currentDirection}:${t.receiver.track.id}:${t.receiver.track.muted ? 'muted' : 'live'}`) }; })")
+        .await
+}
+
+/// Waits until every remote tile of `page` plays video.
+async fn wait_tiles_show_video(page: &Page) -> Result<()> {
+    if let Err(e) = page
+        .wait_for(
+            "[...document.querySelectorAll(\"[data-testid='tile'] video\")].every(v => v.videoWidth > 0)",
+            CONNECT,
+        )
+        .await
+    {
+        bail!("a remote tile shows no video: {e:#}; tiles: {}", tiles(page).await?);
+    }
+    Ok(())
+}
+
 fn num(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or(0.0)
 }
@@ -118,12 +138,7 @@ async fn two_pages_call_mute_turn_the_camera_off_and_share_the_screen() -> Resul
     let _ = std::fs::create_dir_all("../target/e2e");
     b.click("toggle-stats").await?;
     for p in [a, b] {
-        p.wait_for(
-            "document.querySelector(\"[data-testid='tile'] video\").videoWidth > 0",
-            CONNECT,
-        )
-        .await
-        .context("the remote tile shows no video")?;
+        wait_tiles_show_video(p).await?;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     b.screenshot("../target/e2e/call.png").await?;
@@ -223,6 +238,9 @@ async fn a_mesh_of_four_decodes_video_from_the_other_three() -> Result<()> {
             .eval("return document.querySelectorAll(\"[data-testid='tile']\").length")
             .await?;
         assert_eq!(tiles.as_u64(), Some(3), "page {i} shows three remote tiles");
+        wait_tiles_show_video(p)
+            .await
+            .with_context(|| format!("page {i}"))?;
     }
     // A page that drops out is removed from the others' grids.
     let mut pages = pages;
@@ -303,6 +321,11 @@ async fn the_same_pages_can_call_again_after_hanging_up() -> Result<()> {
         wait_rising(a, &idb, "framesDecoded", CONNECT)
             .await
             .with_context(|| format!("call {round}: A from B"))?;
+        for p in [a, b] {
+            wait_tiles_show_video(p)
+                .await
+                .with_context(|| format!("call {round}"))?;
+        }
         a.click("hang-up").await?;
         b.wait_for("document.querySelector(\"[data-testid='call']\").dataset.state === 'active' && document.querySelectorAll(\"[data-testid='tile']\").length === 0", CONNECT).await?;
         b.click("hang-up").await?;
