@@ -15,6 +15,10 @@
 //! 3. **blast**: every worker sends as fast as its connections take it;
 //!    the relayed rate is what arrived per second.
 //!
+//! The server under test runs on CPU 0 and the generator on the other CPUs
+//! (`taskset`), as if the clients were on other machines; `--share-cores`
+//! lets them all share every core instead.
+//!
 //! The last line printed is one JSON object with both servers' figures and
 //! the ratios.
 
@@ -54,6 +58,11 @@ enum Cli {
         /// Measure only Ferry (quick experiments; no ratios).
         #[arg(long)]
         only_ours: bool,
+        /// Let the server and the generator share every core. By default
+        /// the server under test gets CPU 0 and the generator the others,
+        /// as if the clients were on other machines.
+        #[arg(long)]
+        share_cores: bool,
     },
     /// Ferry alone, as several instances sharing rooms through a real
     /// `redis-server`: each pair's members sit on different instances.
@@ -410,13 +419,61 @@ fn percentile(hist: &[u64], p: f64) -> f64 {
     f64::NAN
 }
 
-async fn start_ferry(port: u16, extra: &[&str]) -> Result<Child> {
-    start_command(ferry_command(port, extra)?, port).await
+/// Which CPUs the server under test and the generator run on (`taskset`
+/// lists); `None` leaves a process free to run anywhere.
+#[derive(Debug, Clone, Default)]
+struct Cores {
+    server: Option<String>,
+    generator: Option<String>,
 }
 
-fn ferry_command(port: u16, extra: &[&str]) -> Result<Command> {
+impl Cores {
+    /// CPU 0 for the server, the rest for the generator, or all shared when
+    /// `share` is set or there is only one CPU.
+    fn split(share: bool) -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if share || n < 2 {
+            return Self::default();
+        }
+        let generator = if n == 2 {
+            "1".to_owned()
+        } else {
+            format!("1-{}", n - 1)
+        };
+        Self {
+            server: Some("0".to_owned()),
+            generator: Some(generator),
+        }
+    }
+
+    fn describe(&self) -> Value {
+        match (&self.server, &self.generator) {
+            (Some(s), Some(g)) => json!({"server": s, "generator": g}),
+            _ => json!("shared"),
+        }
+    }
+}
+
+/// `program`, started through `taskset` when `cpus` is given (which keeps
+/// the pid: taskset execs the program).
+fn on_cpus(program: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+async fn start_ferry(port: u16, extra: &[&str]) -> Result<Child> {
+    start_command(ferry_command(port, extra, None)?, port).await
+}
+
+fn ferry_command(port: u16, extra: &[&str], cpus: Option<&str>) -> Result<Command> {
     let bin = std::env::var("FERRY_SIGNALING_BIN").context("FERRY_SIGNALING_BIN")?;
-    let mut c = Command::new(bin);
+    let mut c = on_cpus(bin, cpus);
     c.args(["--listen", &format!("127.0.0.1:{port}")])
         // Load-test settings: the limits are for abuse, not for a benchmark.
         .args(["--connections-per-ip-per-min", "0"])
@@ -427,12 +484,12 @@ fn ferry_command(port: u16, extra: &[&str]) -> Result<Command> {
     Ok(c)
 }
 
-async fn start_server(kind: Kind, port: u16) -> Result<Child> {
+async fn start_server(kind: Kind, port: u16, cpus: Option<&str>) -> Result<Child> {
     let cmd = match kind {
-        Kind::Ferry => ferry_command(port, &[])?,
+        Kind::Ferry => ferry_command(port, &[], cpus)?,
         Kind::Peerjs => {
             let dir = std::env::var("FERRY_PEERSERVER_DIR").context("FERRY_PEERSERVER_DIR")?;
-            let mut c = Command::new("node");
+            let mut c = on_cpus("node", cpus);
             c.arg(format!("{dir}/peerserver.js")).arg(port.to_string());
             c
         }
@@ -547,8 +604,9 @@ fn spawn_worker(
     port_b: u16,
     pairs: usize,
     i: usize,
+    cpus: Option<&str>,
 ) -> Result<Worker> {
-    let mut child = Command::new(me)
+    let mut child = on_cpus(me, cpus)
         .args([
             "worker",
             "--kind",
@@ -601,7 +659,7 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
     while left > 0 {
         let n = left.min(PAIRS_PER_WORKER);
         let (a, b) = (ports[i % ports.len()], ports[(i + 1) % ports.len()]);
-        workers.push(spawn_worker(&me, Kind::Ferry, a, b, n, i)?);
+        workers.push(spawn_worker(&me, Kind::Ferry, a, b, n, i, None)?);
         left -= n;
         i += 1;
     }
@@ -646,9 +704,15 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
     Ok(())
 }
 
-async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result<Value> {
+async fn run_one(
+    kind: Kind,
+    connections: usize,
+    rate: u64,
+    secs: u64,
+    cores: &Cores,
+) -> Result<Value> {
     let port = ferry_e2e::free_port()?;
-    let server = start_server(kind, port).await?;
+    let server = start_server(kind, port, cores.server.as_deref()).await?;
     let pid = server.id().context("no pid")?;
     let (rss0, c0) = proc_stat(pid).context("server stats")?;
     let per_worker_pairs = PAIRS_PER_WORKER;
@@ -660,7 +724,15 @@ async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result
     let mut i = 0;
     while left > 0 {
         let n = left.min(per_worker_pairs);
-        workers.push(spawn_worker(&me, kind, port, port, n, i)?);
+        workers.push(spawn_worker(
+            &me,
+            kind,
+            port,
+            port,
+            n,
+            i,
+            cores.generator.as_deref(),
+        )?);
         left -= n;
         i += 1;
     }
@@ -698,9 +770,9 @@ async fn run_one(kind: Kind, connections: usize, rate: u64, secs: u64) -> Result
     }))
 }
 
-async fn bench(connections: usize, rate: u64, secs: u64) -> Result<()> {
-    let ours = run_one(Kind::Ferry, connections, rate, secs).await?;
-    let theirs = run_one(Kind::Peerjs, connections, rate, secs).await?;
+async fn bench(connections: usize, rate: u64, secs: u64, cores: &Cores) -> Result<()> {
+    let ours = run_one(Kind::Ferry, connections, rate, secs, cores).await?;
+    let theirs = run_one(Kind::Peerjs, connections, rate, secs, cores).await?;
     let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
     let f = |v: &Value, path: &[&str]| {
         path.iter()
@@ -714,6 +786,7 @@ async fn bench(connections: usize, rate: u64, secs: u64) -> Result<()> {
             "bench": "signaling",
             "connections": connections,
             "rate_per_s": rate,
+            "cores": cores.describe(),
             "ours": ours,
             "peerserver": theirs,
             "rss_per_conn_ratio": ratio(f(&ours, &["rss_per_conn_kib"]), f(&theirs, &["rss_per_conn_kib"])),
@@ -746,13 +819,19 @@ async fn run(cli: Cli) -> Result<()> {
             rate,
             secs,
             only_ours,
+            share_cores,
         } => {
+            let cores = Cores::split(share_cores);
+            println!("cores: {}", cores.describe());
             if only_ours {
-                let ours = run_one(Kind::Ferry, connections, rate, secs).await?;
-                println!("{}", json!({"bench": "signaling", "ours": ours}));
+                let ours = run_one(Kind::Ferry, connections, rate, secs, &cores).await?;
+                println!(
+                    "{}",
+                    json!({"bench": "signaling", "cores": cores.describe(), "ours": ours})
+                );
                 Ok(())
             } else {
-                bench(connections, rate, secs).await
+                bench(connections, rate, secs, &cores).await
             }
         }
         Cli::Cluster {
