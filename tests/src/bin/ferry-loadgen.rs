@@ -15,9 +15,9 @@
 //! 3. **blast**: every worker sends as fast as its connections take it;
 //!    the relayed rate is what arrived per second.
 //!
-//! The server under test runs on CPU 0 and the generator on the other CPUs
-//! (`taskset`), as if the clients were on other machines; `--share-cores`
-//! lets them all share every core instead.
+//! By default the server and the generator share every core.
+//! `--server-cpus`, `--generator-cpus` (`taskset` lists) and
+//! `--generator-nice` place them, the same way for both servers.
 //!
 //! The last line printed is one JSON object with both servers' figures and
 //! the ratios.
@@ -58,11 +58,17 @@ enum Cli {
         /// Measure only Ferry (quick experiments; no ratios).
         #[arg(long)]
         only_ours: bool,
-        /// Let the server and the generator share every core. By default
-        /// the server under test gets CPU 0 and the generator the others,
-        /// as if the clients were on other machines.
+        /// CPUs the server under test may run on (a `taskset` list such
+        /// as `0`); anywhere if not given.
         #[arg(long)]
-        share_cores: bool,
+        server_cpus: Option<String>,
+        /// CPUs the generator's workers may run on; anywhere if not given.
+        #[arg(long)]
+        generator_cpus: Option<String>,
+        /// `nice` level of the generator's workers: above 0, the server
+        /// under test takes a core first whenever it has work.
+        #[arg(long, default_value_t = 0)]
+        generator_nice: i32,
     },
     /// Ferry alone, as several instances sharing rooms through a real
     /// `redis-server`: each pair's members sit on different instances.
@@ -419,52 +425,39 @@ fn percentile(hist: &[u64], p: f64) -> f64 {
     f64::NAN
 }
 
-/// Which CPUs the server under test and the generator run on (`taskset`
-/// lists); `None` leaves a process free to run anywhere.
+/// Where the server under test and the generator run: CPU lists for
+/// `taskset` (`None`: anywhere) and the generator's `nice` level.
 #[derive(Debug, Clone, Default)]
-struct Cores {
-    server: Option<String>,
-    generator: Option<String>,
+struct Layout {
+    server_cpus: Option<String>,
+    generator_cpus: Option<String>,
+    generator_nice: i32,
 }
 
-impl Cores {
-    /// CPU 0 for the server, the rest for the generator, or all shared when
-    /// `share` is set or there is only one CPU.
-    fn split(share: bool) -> Self {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if share || n < 2 {
-            return Self::default();
-        }
-        let generator = if n == 2 {
-            "1".to_owned()
-        } else {
-            format!("1-{}", n - 1)
-        };
-        Self {
-            server: Some("0".to_owned()),
-            generator: Some(generator),
-        }
-    }
-
+impl Layout {
     fn describe(&self) -> Value {
-        match (&self.server, &self.generator) {
-            (Some(s), Some(g)) => json!({"server": s, "generator": g}),
-            _ => json!("shared"),
-        }
+        json!({
+            "server_cpus": self.server_cpus.as_deref().unwrap_or("any"),
+            "generator_cpus": self.generator_cpus.as_deref().unwrap_or("any"),
+            "generator_nice": self.generator_nice,
+        })
     }
 }
 
-/// `program`, started through `taskset` when `cpus` is given (which keeps
-/// the pid: taskset execs the program).
-fn on_cpus(program: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>) -> Command {
-    match cpus {
-        Some(cpus) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpus]).arg(program);
-            c
-        }
-        None => Command::new(program),
+/// `program`, started through `taskset` when `cpus` is given and through
+/// `nice` when `nice` is not 0 (both exec the program, so the pid stays).
+fn placed(program: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>, nice: i32) -> Command {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(cpus) = cpus {
+        args.extend(["taskset".into(), "-c".into(), cpus.into()]);
     }
+    if nice != 0 {
+        args.extend(["nice".into(), "-n".into(), nice.to_string().into()]);
+    }
+    args.push(program.as_ref().to_owned());
+    let mut c = Command::new(&args[0]);
+    c.args(&args[1..]);
+    c
 }
 
 async fn start_ferry(port: u16, extra: &[&str]) -> Result<Child> {
@@ -473,7 +466,7 @@ async fn start_ferry(port: u16, extra: &[&str]) -> Result<Child> {
 
 fn ferry_command(port: u16, extra: &[&str], cpus: Option<&str>) -> Result<Command> {
     let bin = std::env::var("FERRY_SIGNALING_BIN").context("FERRY_SIGNALING_BIN")?;
-    let mut c = on_cpus(bin, cpus);
+    let mut c = placed(bin, cpus, 0);
     c.args(["--listen", &format!("127.0.0.1:{port}")])
         // Load-test settings: the limits are for abuse, not for a benchmark.
         .args(["--connections-per-ip-per-min", "0"])
@@ -489,7 +482,7 @@ async fn start_server(kind: Kind, port: u16, cpus: Option<&str>) -> Result<Child
         Kind::Ferry => ferry_command(port, &[], cpus)?,
         Kind::Peerjs => {
             let dir = std::env::var("FERRY_PEERSERVER_DIR").context("FERRY_PEERSERVER_DIR")?;
-            let mut c = on_cpus("node", cpus);
+            let mut c = placed("node", cpus, 0);
             c.arg(format!("{dir}/peerserver.js")).arg(port.to_string());
             c
         }
@@ -604,9 +597,12 @@ fn spawn_worker(
     port_b: u16,
     pairs: usize,
     i: usize,
-    cpus: Option<&str>,
+    layout: Option<&Layout>,
 ) -> Result<Worker> {
-    let mut child = on_cpus(me, cpus)
+    let (cpus, nice) = layout.map_or((None, 0), |l| {
+        (l.generator_cpus.as_deref(), l.generator_nice)
+    });
+    let mut child = placed(me, cpus, nice)
         .args([
             "worker",
             "--kind",
@@ -709,10 +705,10 @@ async fn run_one(
     connections: usize,
     rate: u64,
     secs: u64,
-    cores: &Cores,
+    layout: &Layout,
 ) -> Result<Value> {
     let port = ferry_e2e::free_port()?;
-    let server = start_server(kind, port, cores.server.as_deref()).await?;
+    let server = start_server(kind, port, layout.server_cpus.as_deref()).await?;
     let pid = server.id().context("no pid")?;
     let (rss0, c0) = proc_stat(pid).context("server stats")?;
     let per_worker_pairs = PAIRS_PER_WORKER;
@@ -724,15 +720,7 @@ async fn run_one(
     let mut i = 0;
     while left > 0 {
         let n = left.min(per_worker_pairs);
-        workers.push(spawn_worker(
-            &me,
-            kind,
-            port,
-            port,
-            n,
-            i,
-            cores.generator.as_deref(),
-        )?);
+        workers.push(spawn_worker(&me, kind, port, port, n, i, Some(layout))?);
         left -= n;
         i += 1;
     }
@@ -770,9 +758,9 @@ async fn run_one(
     }))
 }
 
-async fn bench(connections: usize, rate: u64, secs: u64, cores: &Cores) -> Result<()> {
-    let ours = run_one(Kind::Ferry, connections, rate, secs, cores).await?;
-    let theirs = run_one(Kind::Peerjs, connections, rate, secs, cores).await?;
+async fn bench(connections: usize, rate: u64, secs: u64, layout: &Layout) -> Result<()> {
+    let ours = run_one(Kind::Ferry, connections, rate, secs, layout).await?;
+    let theirs = run_one(Kind::Peerjs, connections, rate, secs, layout).await?;
     let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
     let f = |v: &Value, path: &[&str]| {
         path.iter()
@@ -786,7 +774,7 @@ async fn bench(connections: usize, rate: u64, secs: u64, cores: &Cores) -> Resul
             "bench": "signaling",
             "connections": connections,
             "rate_per_s": rate,
-            "cores": cores.describe(),
+            "layout": layout.describe(),
             "ours": ours,
             "peerserver": theirs,
             "rss_per_conn_ratio": ratio(f(&ours, &["rss_per_conn_kib"]), f(&theirs, &["rss_per_conn_kib"])),
@@ -819,19 +807,25 @@ async fn run(cli: Cli) -> Result<()> {
             rate,
             secs,
             only_ours,
-            share_cores,
+            server_cpus,
+            generator_cpus,
+            generator_nice,
         } => {
-            let cores = Cores::split(share_cores);
-            println!("cores: {}", cores.describe());
+            let layout = Layout {
+                server_cpus,
+                generator_cpus,
+                generator_nice,
+            };
+            println!("layout: {}", layout.describe());
             if only_ours {
-                let ours = run_one(Kind::Ferry, connections, rate, secs, &cores).await?;
+                let ours = run_one(Kind::Ferry, connections, rate, secs, &layout).await?;
                 println!(
                     "{}",
-                    json!({"bench": "signaling", "cores": cores.describe(), "ours": ours})
+                    json!({"bench": "signaling", "layout": layout.describe(), "ours": ours})
                 );
                 Ok(())
             } else {
-                bench(connections, rate, secs, &cores).await
+                bench(connections, rate, secs, &layout).await
             }
         }
         Cli::Cluster {
