@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Error;
-use crate::media::MediaConfig;
+use crate::media::{CallMedia, MediaConfig};
 use crate::peer::{NetConfig, PeerLink};
 use crate::source::{self, LocalFile};
 use crate::store::{self, Download, Plan};
@@ -133,7 +133,7 @@ impl Node {
             epoch,
             server_url: config.server_url,
             net: config.net,
-            media: config.media.map(Arc::new),
+            media: config.media.map(CallMedia::new),
             inputs,
             events,
             ws: None,
@@ -282,7 +282,7 @@ struct Driver {
     epoch: Instant,
     server_url: String,
     net: NetConfig,
-    media: Option<Arc<MediaConfig>>,
+    media: Option<CallMedia>,
     inputs: mpsc::UnboundedSender<Input>,
     events: mpsc::UnboundedSender<NodeEvent>,
     ws: Option<mpsc::UnboundedSender<String>>,
@@ -362,6 +362,9 @@ impl Driver {
         let mut links: Vec<PeerLink> = self.peers.drain().map(|(_, l)| l).collect();
         links.append(&mut self.closing);
         futures_util::future::join_all(links.into_iter().map(|l| l.close(CLOSE_GRACE))).await;
+        if let Some(media) = &self.media {
+            media.recordings.finish(CLOSE_GRACE).await;
+        }
         // The leave frame goes out with the socket's close.
         self.ws = None;
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -34,6 +34,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use webrtc::media_stream::Track;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
@@ -458,19 +460,70 @@ async fn play_audio(
 }
 
 /// Records the remote tracks of one connection into a folder.
+/// A node's call media: what it plays and records, and the recordings it
+/// is writing.
+#[derive(Debug, Clone)]
+pub(crate) struct CallMedia {
+    pub(crate) config: Arc<MediaConfig>,
+    pub(crate) recordings: Recordings,
+}
+
+impl CallMedia {
+    pub(crate) fn new(config: MediaConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            recordings: Recordings::default(),
+        }
+    }
+}
+
+/// The recordings a node is writing, so that closing the node (Ctrl-C
+/// included) finishes every file: the IVF header gets its frame count and
+/// the Ogg stream its last page.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recordings {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Recordings {
+    /// Stops every recording and waits (up to `grace`) until its file is
+    /// finished.
+    pub(crate) async fn finish(&self, grace: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a recording did not finish in {grace:?}");
+        }
+    }
+}
+
 pub(crate) struct Recorder {
     dir: PathBuf,
     peer: PeerId,
     tracks: AtomicU32,
+    recordings: Recordings,
 }
 
 impl Recorder {
-    pub(crate) fn new(dir: PathBuf, peer: PeerId) -> Self {
+    pub(crate) fn new(dir: PathBuf, peer: PeerId, recordings: Recordings) -> Self {
         Self {
             dir,
             peer,
             tracks: AtomicU32::new(0),
+            recordings,
         }
+    }
+
+    /// Records `track` in the background, as one of the node's recordings.
+    pub(crate) fn start(self: &Arc<Self>, track: Arc<dyn TrackRemote>) {
+        let me = self.clone();
+        self.recordings
+            .tasks
+            .spawn(async move { me.record(track).await });
     }
 
     /// A new file `<peer>-<n>.<ext>`, never replacing one (of an earlier
@@ -489,8 +542,8 @@ impl Recorder {
     }
 
     /// Writes `track` to a new `<peer>-<n>.ivf` or `<peer>-<n>.ogg` until it
-    /// ends.
-    pub(crate) async fn record(&self, track: Arc<dyn TrackRemote>) {
+    /// ends or the node closes.
+    async fn record(&self, track: Arc<dyn TrackRemote>) {
         let Some(ssrc) = track.ssrcs().await.first().copied() else {
             return;
         };
@@ -563,7 +616,12 @@ impl Recorder {
         // The Ogg writer takes timestamps in order only (it subtracts them):
         // a packet that arrives late is dropped, as a jitter buffer would.
         let mut newest: Option<u32> = None;
-        while let Some(event) = track.poll().await {
+        loop {
+            let event = tokio::select! {
+                event = track.poll() => event,
+                () = self.recordings.stop.cancelled() => None,
+            };
+            let Some(event) = event else { break };
             let TrackRemoteEvent::OnRtpPacket(packet) = event else {
                 continue;
             };

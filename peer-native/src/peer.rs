@@ -28,7 +28,7 @@ use rtc::peer_connection::transport::RTCDtlsRole;
 
 use crate::Error;
 use crate::driver::Input;
-use crate::media::{MediaConfig, Outbound, Recorder};
+use crate::media::{CallMedia, Outbound, Recorder};
 use crate::runtime::BufferedRuntime;
 
 /// Network tuning of native peer connections.
@@ -93,7 +93,7 @@ impl PeerLink {
         open_channel: bool,
         ice_servers: Vec<IceServer>,
         net: NetConfig,
-        media: Option<Arc<MediaConfig>>,
+        media: Option<CallMedia>,
         inputs: mpsc::UnboundedSender<Input>,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
@@ -253,8 +253,7 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_track(&self, track: Arc<dyn webrtc::media_stream::track_remote::TrackRemote>) {
         if let Some(recorder) = &self.recorder {
-            let recorder = recorder.clone();
-            tokio::spawn(async move { recorder.record(track).await });
+            recorder.start(track);
         }
     }
 
@@ -380,14 +379,19 @@ async fn build(
     slot: &Arc<ChannelSlot>,
     ice_servers: Vec<IceServer>,
     net: &NetConfig,
-    media: Option<&MediaConfig>,
+    media: Option<&CallMedia>,
 ) -> Result<Arc<dyn PeerConnection>, Error> {
     let handler = Arc::new(Handler {
         feed: feed.clone(),
         slot: slot.clone(),
-        recorder: media
-            .and_then(|m| m.record.clone())
-            .map(|dir| Arc::new(Recorder::new(dir, feed.peer.clone()))),
+        recorder: media.and_then(|m| {
+            let dir = m.config.record.clone()?;
+            Some(Arc::new(Recorder::new(
+                dir,
+                feed.peer.clone(),
+                m.recordings.clone(),
+            )))
+        }),
     });
     connect(net, ice_servers, handler, media.is_some()).await
 }
@@ -474,7 +478,7 @@ async fn run(
     open_channel: bool,
     ice_servers: Vec<IceServer>,
     net: NetConfig,
-    media: Option<Arc<MediaConfig>>,
+    media: Option<CallMedia>,
     mut commands: mpsc::UnboundedReceiver<LinkCommand>,
 ) {
     let (queue, pending) = mpsc::unbounded_channel();
@@ -485,8 +489,8 @@ async fn run(
         sender: Mutex::new(None),
         opened: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut outbound = media.clone().map(Outbound::new);
-    let pc = match build(&feed, &slot, ice_servers, &net, media.as_deref()).await {
+    let mut outbound = media.as_ref().map(|m| Outbound::new(m.config.clone()));
+    let pc = match build(&feed, &slot, ice_servers, &net, media.as_ref()).await {
         Ok(pc) => pc,
         Err(e) => {
             tracing::warn!("cannot create a peer connection: {e}");

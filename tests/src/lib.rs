@@ -794,6 +794,16 @@ impl Native {
         self.child.id()
     }
 
+    /// Interrupts it (SIGINT), as Ctrl-C in its terminal would.
+    pub fn interrupt(&self) -> Result<()> {
+        let pid = self.pid().context("ferry has exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -INT {pid} failed");
+        Ok(())
+    }
+
     /// Kills it at once (SIGKILL), as a crash or a power cut would.
     pub async fn kill(&mut self) -> Result<()> {
         self.child.kill().await?;

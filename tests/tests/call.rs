@@ -372,11 +372,20 @@ fn ivf_frames(path: &std::path::Path) -> Result<(String, usize, bool)> {
     Ok((fourcc, frames, first_key))
 }
 
-/// Pages of an Ogg file that may still be growing, and whether the first
-/// carries the Opus identification header.
-fn ogg_pages(path: &std::path::Path) -> Result<(usize, bool)> {
+/// The frame count an IVF file's header gives (written when it is
+/// finished).
+fn ivf_header_frames(path: &std::path::Path) -> Result<usize> {
     let data = std::fs::read(path)?;
-    let (mut at, mut pages, mut opus) = (0, 0, false);
+    anyhow::ensure!(data.len() >= 32, "{} is not IVF", path.display());
+    Ok(u32::from_le_bytes(data[24..28].try_into()?) as usize)
+}
+
+/// Pages of an Ogg file that may still be growing, whether the first
+/// carries the Opus identification header, and whether the last one ends
+/// the stream.
+fn ogg_pages(path: &std::path::Path) -> Result<(usize, bool, bool)> {
+    let data = std::fs::read(path)?;
+    let (mut at, mut pages, mut opus, mut ended) = (0, 0, false, false);
     while at + 27 <= data.len() && &data[at..at + 4] == b"OggS" {
         let segments = usize::from(data[at + 26]);
         if at + 27 + segments > data.len() {
@@ -393,11 +402,12 @@ fn ogg_pages(path: &std::path::Path) -> Result<(usize, bool)> {
         if pages == 0 {
             opus = data[start..start + body].starts_with(b"OpusHead");
         }
+        ended = data[at + 5] & 0x04 != 0;
         pages += 1;
         at = start + body;
     }
     anyhow::ensure!(pages > 0, "{} is not Ogg", path.display());
-    Ok((pages, opus))
+    Ok((pages, opus, ended))
 }
 
 fn recording(dir: &std::path::Path, ext: &str) -> Option<std::path::PathBuf> {
@@ -428,7 +438,7 @@ async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> 
 
     // browser → native: the page calls; `ferry call --record` answers.
     let (page, link) = browser.page_in_new_room(&server).await?;
-    let recorder = Native::start(
+    let mut recorder = Native::start(
         &server,
         &[
             "call",
@@ -464,11 +474,11 @@ async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> 
     let (fourcc, first, key) = ivf_frames(&ivf)?;
     assert_eq!(fourcc, "VP80");
     assert!(key, "the recording starts with a key frame");
-    let (pages_before, opus) = ogg_pages(&ogg)?;
+    let (pages_before, opus, _) = ogg_pages(&ogg)?;
     assert!(opus, "the Ogg file starts with OpusHead");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, later, _) = ivf_frames(&ivf)?;
-    let (pages_after, _) = ogg_pages(&ogg)?;
+    let (pages_after, _, _) = ogg_pages(&ogg)?;
     assert!(
         later >= first + 20,
         "video frames keep coming: {first} then {later}"
@@ -477,8 +487,27 @@ async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> 
         pages_after >= pages_before + 50,
         "audio keeps coming: {pages_before} then {pages_after} pages"
     );
+    // Ctrl-C: the recorder hangs up and finishes both files (the IVF
+    // header's frame count, the Ogg stream's last page).
+    recorder.interrupt()?;
+    let code = recorder.wait_exit(CONNECT).await?;
+    assert_eq!(code, 130, "exit code after Ctrl-C: {:?}", recorder.output());
+    let (_, frames, _) = ivf_frames(&ivf)?;
+    assert!(frames >= later, "{frames} frames in the finished IVF");
+    assert_eq!(
+        ivf_header_frames(&ivf)?,
+        frames,
+        "the IVF header counts the frames"
+    );
+    let (_, _, ended) = ogg_pages(&ogg)?;
+    assert!(ended, "the Ogg stream has its end-of-stream page");
+    page.wait_for(
+        "document.querySelectorAll(\"[data-testid='tile']\").length === 0",
+        CONNECT,
+    )
+    .await
+    .context("the page still shows the recorder after it hung up")?;
     page.click("hang-up").await?;
-    drop(recorder);
     page.close().await?;
 
     // native → browser: another native peer plays that recording into a
