@@ -73,7 +73,7 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                         }
                     } else {
                         limited = false;
-                        match handle_message(msg, &state, &tx, &mut membership).await {
+                        match handle_message(msg, last_seen, &state, &tx, &mut membership).await {
                             Some(replies) => send_all(&mut socket, &state, replies).await,
                             None => Flow::Leave,
                         }
@@ -86,7 +86,10 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                 None => Flow::Close,
             },
             out = rx.recv() => match out {
-                Outbound::Text(text) => send_queued(&mut socket, &state, text, &mut rx).await,
+                Outbound::Text(text) => send_queued(&mut socket, &state, text, None, &mut rx).await,
+                Outbound::Relayed { text, read_at } => {
+                    send_queued(&mut socket, &state, text, Some(read_at), &mut rx).await
+                }
                 Outbound::Replaced => Flow::Replaced,
             },
             () = &mut join_deadline, if membership.is_none() => {
@@ -197,14 +200,23 @@ async fn send_queued(
     socket: &mut WebSocket,
     state: &AppState,
     first: Utf8Bytes,
+    first_read_at: Option<Instant>,
     rx: &mut crate::outbox::Receiver<Outbound>,
 ) -> Flow {
     let mut flow = Flow::Continue;
+    // When the relayed frames of this batch were read off their senders'
+    // sockets; a `Vec` (allocated only for a batch with relays) keeps the
+    // connection task small.
+    let mut read_at: Vec<Instant> = first_read_at.into_iter().collect();
     let write = async {
         socket.feed(Message::Text(first)).await?;
         for _ in 1..BATCH {
             match rx.try_recv() {
                 Some(Outbound::Text(text)) => socket.feed(Message::Text(text)).await?,
+                Some(Outbound::Relayed { text, read_at: at }) => {
+                    read_at.push(at);
+                    socket.feed(Message::Text(text)).await?;
+                }
                 Some(Outbound::Replaced) => {
                     flow = Flow::Replaced;
                     break;
@@ -215,7 +227,15 @@ async fn send_queued(
         socket.flush().await
     };
     match tokio::time::timeout(state.config.limits.write_timeout, write).await {
-        Ok(Ok(())) => flow,
+        Ok(Ok(())) => {
+            for at in read_at {
+                state
+                    .metrics
+                    .relay_latency
+                    .observe(at.elapsed().as_secs_f64());
+            }
+            flow
+        }
         Ok(Err(_)) => Flow::Close,
         Err(_) => {
             state.metrics.reject("slow_client");
@@ -260,17 +280,19 @@ fn error_frame(err: &Error) -> ServerMessage {
 /// or `None` when the peer asked to leave.
 async fn handle_message(
     msg: Message,
+    read_at: Instant,
     state: &AppState,
     tx: &crate::outbox::Sender<Outbound>,
     membership: &mut Option<Membership>,
 ) -> Option<Vec<ServerMessage>> {
     let mut leave = false;
-    let frames = handle_frame(msg, state, tx, membership, &mut leave).await;
+    let frames = handle_frame(msg, read_at, state, tx, membership, &mut leave).await;
     (!leave).then_some(frames)
 }
 
 async fn handle_frame(
     msg: Message,
+    read_at: Instant,
     state: &AppState,
     tx: &crate::outbox::Sender<Outbound>,
     membership: &mut Option<Membership>,
@@ -392,7 +414,7 @@ async fn handle_frame(
                 signal,
             };
             let text = crate::rooms::encode(&frame);
-            let relayed = match state.rooms.relay(&m.room, &to, frame) {
+            let relayed = match state.rooms.relay(&m.room, &to, text.clone(), read_at) {
                 Err(Error::UnknownPeer(_)) if state.cluster.is_some() => match &state.cluster {
                     Some(c) => Box::pin(c.relay(&m.room, &to, text))
                         .await

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,8 +19,15 @@ pub(crate) struct Metrics {
     rooms: Gauge,
     peers: Gauge,
     pub(crate) relayed: Counter,
+    pub(crate) relay_latency: Histogram,
     rejects: Family<Reason, Counter>,
 }
+
+/// Upper bounds of the relay-latency buckets, in seconds.
+const RELAY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0,
+];
 
 impl Metrics {
     pub(crate) fn new() -> Self {
@@ -28,6 +36,7 @@ impl Metrics {
         let rooms = Gauge::default();
         let peers = Gauge::default();
         let relayed = Counter::default();
+        let relay_latency = Histogram::new(RELAY_BUCKETS);
         let rejects = Family::<Reason, Counter>::default();
         registry.register(
             "connections",
@@ -42,6 +51,11 @@ impl Metrics {
             relayed.clone(),
         );
         registry.register(
+            "relay_latency_seconds",
+            "Time from reading a signal off its sender's socket to flushing it to its recipient's, for recipients on this instance",
+            relay_latency.clone(),
+        );
+        registry.register(
             "rejects",
             "Refused connections and frames, by reason",
             rejects.clone(),
@@ -52,6 +66,7 @@ impl Metrics {
             rooms,
             peers,
             relayed,
+            relay_latency,
             rejects,
         }
     }
@@ -87,6 +102,7 @@ mod tests {
         m.connections.inc();
         m.relayed.inc_by(3);
         m.reject("rate_limited");
+        m.relay_latency.observe(0.000_3);
         let text = m.render(2, 5);
         for line in [
             "ferry_connections 1",
@@ -94,6 +110,9 @@ mod tests {
             "ferry_peers 5",
             "ferry_messages_relayed_total 3",
             "ferry_rejects_total{reason=\"rate_limited\"} 1",
+            "ferry_relay_latency_seconds_bucket{le=\"0.00025\"} 0",
+            "ferry_relay_latency_seconds_bucket{le=\"0.0005\"} 1",
+            "ferry_relay_latency_seconds_count 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");

@@ -17,6 +17,12 @@ pub(crate) enum Outbound {
     /// A protocol frame, already encoded: one encoding serves every
     /// recipient of an announcement, and a queue slot stays small.
     Text(Utf8Bytes),
+    /// A relayed signal, already encoded, with the time its frame was read
+    /// off the sender's socket (for the relay-latency histogram).
+    Relayed {
+        text: Utf8Bytes,
+        read_at: tokio::time::Instant,
+    },
     /// A newer connection took this member's seat with its resume token:
     /// close without leaving.
     Replaced,
@@ -290,9 +296,9 @@ impl RoomRegistry {
         &self,
         room: &RoomCode,
         to: &PeerId,
-        frame: ServerMessage,
+        text: Utf8Bytes,
+        read_at: tokio::time::Instant,
     ) -> Result<(), Error> {
-        let text = encode(&frame);
         let rooms = self.lock();
         let member = rooms
             .get(room)
@@ -304,7 +310,7 @@ impl RoomRegistry {
             .tx
             .as_ref()
             .ok_or_else(|| Error::RecipientBusy(to.clone()))?
-            .try_send(Outbound::Text(text))
+            .try_send(Outbound::Relayed { text, read_at })
             .map_err(|_| Error::RecipientBusy(to.clone()))
     }
 
@@ -454,7 +460,9 @@ mod tests {
 
     fn next_frame(rx: &mut outbox::Receiver<Outbound>) -> Option<ServerMessage> {
         match rx.try_recv()? {
-            Outbound::Text(t) => Some(ServerMessage::decode(t.as_str()).unwrap()),
+            Outbound::Text(t) | Outbound::Relayed { text: t, .. } => {
+                Some(ServerMessage::decode(t.as_str()).unwrap())
+            }
             Outbound::Replaced => None,
         }
     }
@@ -507,9 +515,10 @@ mod tests {
             reg.relay(
                 &room("r"),
                 &b.id,
-                ServerMessage::PeerLeft {
+                encode(&ServerMessage::PeerLeft {
                     peer_id: a.id.clone()
-                }
+                }),
+                tokio::time::Instant::now()
             ),
             Err(Error::RecipientBusy(_))
         ));
@@ -571,15 +580,19 @@ mod tests {
         let reg = RoomRegistry::new(8, 100);
         let (_a, _rx1) = join(&reg, "r1", None, None);
         let (b, mut rx2) = join(&reg, "r2", None, None);
-        let frame = ServerMessage::PeerLeft {
+        let frame = encode(&ServerMessage::PeerLeft {
             peer_id: b.id.clone(),
-        };
+        });
+        let now = tokio::time::Instant::now();
         assert!(matches!(
-            reg.relay(&room("r1"), &b.id, frame.clone()),
+            reg.relay(&room("r1"), &b.id, frame.clone(), now),
             Err(Error::UnknownPeer(_))
         ));
-        reg.relay(&room("r2"), &b.id, frame).unwrap();
-        assert!(rx2.try_recv().is_some());
+        reg.relay(&room("r2"), &b.id, frame, now).unwrap();
+        assert!(matches!(
+            rx2.try_recv(),
+            Some(Outbound::Relayed { read_at, .. }) if read_at == now
+        ));
     }
 
     #[test]

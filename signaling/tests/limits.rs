@@ -279,3 +279,42 @@ async fn a_client_that_stops_reading_is_dropped_and_its_room_told() {
     );
     drop(b);
 }
+
+#[tokio::test]
+async fn relayed_signals_are_counted_and_timed_in_metrics() {
+    let url = start(Config::default()).await;
+    let mut a = connect(&url).await;
+    let mut b = connect(&url).await;
+    let (aid, _) = join(&mut a, "timed").await;
+    let (bid, _) = join(&mut b, "timed").await;
+    assert!(matches!(
+        recv(&mut a).await,
+        Some(ServerMessage::PeerJoined { .. })
+    ));
+    for _ in 0..3 {
+        send(
+            &mut b,
+            json!({"type": "signal", "to": aid.as_str(), "signal": {"kind": "end_of_candidates"}}),
+        )
+        .await;
+        match recv(&mut a).await {
+            Some(ServerMessage::Signal { from, .. }) => assert_eq!(from, bid),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The histogram is updated just after the write that a saw; poll.
+    let lines = [
+        "ferry_messages_relayed_total 3",
+        "ferry_relay_latency_seconds_count 3",
+        "ferry_relay_latency_seconds_bucket{le=\"+Inf\"} 3",
+    ];
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http_get(&url, "/metrics").await;
+        if lines.iter().all(|l| metrics.contains(l)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{lines:?} in\n{metrics}");
+}

@@ -19,6 +19,12 @@
 //! `--server-cpus`, `--generator-cpus` (`taskset` lists) and
 //! `--generator-nice` place them, the same way for both servers.
 //!
+//! Ferry's rate phase also reports `server_relay_p50_ms`/`_p99_ms`: the
+//! bucket of the server's own relay-latency histogram (`/metrics`, from
+//! reading a signal off the sender's socket to flushing it to the
+//! recipient's) that holds that quantile, so the server's share of the
+//! latency can be told from the generator's and the kernel's.
+//!
 //! The last line printed is one JSON object with both servers' figures and
 //! the ratios.
 
@@ -523,14 +529,71 @@ fn servers_stat(pids: &[u32]) -> Result<(u64, f64)> {
     Ok(out)
 }
 
+/// The summed relay-latency histograms of Ferry servers, from their
+/// `/metrics`: (bucket upper bound in seconds, cumulative count).
+async fn relay_histogram(ports: &[u16]) -> Vec<(f64, u64)> {
+    use tokio::io::AsyncReadExt;
+    let mut sum: Vec<(f64, u64)> = Vec::new();
+    for &port in ports {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            continue;
+        };
+        let mut text = String::new();
+        let asked = s
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
+        if asked.is_err() || s.read_to_string(&mut text).await.is_err() {
+            continue;
+        }
+        let buckets = text.lines().filter_map(|l| {
+            let rest = l.strip_prefix("ferry_relay_latency_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse::<u64>().ok()?))
+        });
+        for (i, (le, n)) in buckets.enumerate() {
+            match sum.get_mut(i) {
+                Some(b) => b.1 += n,
+                None => sum.push((le, n)),
+            }
+        }
+    }
+    sum
+}
+
+/// The upper bound (ms) of the bucket that holds quantile `q` of what the
+/// histogram counted between `before` and `after`.
+fn histogram_quantile_ms(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .enumerate()
+        .map(|(i, &(le, n))| (le, n.saturating_sub(before.get(i).map_or(0, |b| b.1))))
+        .collect();
+    let total = delta.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let want = (q * total as f64).ceil() as u64;
+    delta
+        .iter()
+        .find(|(_, n)| *n >= want)
+        .map(|(le, _)| le * 1000.0)
+}
+
 async fn phase(
     workers: &mut [Worker],
     kind: Kind,
     pids: &[u32],
+    metrics_ports: &[u16],
     name: &str,
     total_rate: u64,
     secs: u64,
 ) -> Result<Value> {
+    let hist0 = relay_histogram(metrics_ports).await;
     let (_, t0) = servers_stat(pids)?;
     let n = workers.len() as u64;
     for w in workers.iter_mut() {
@@ -551,8 +614,11 @@ async fn phase(
         }
     }
     let (_, t1) = servers_stat(pids)?;
+    let hist1 = relay_histogram(metrics_ports).await;
     let cpu = (t1 - t0) / took.max(0.001);
     let out = json!({
+        "server_relay_p50_ms": histogram_quantile_ms(&hist0, &hist1, 0.5),
+        "server_relay_p99_ms": histogram_quantile_ms(&hist0, &hist1, 0.99),
         "sent": sent,
         "received": received,
         "lost": sent.saturating_sub(received),
@@ -680,7 +746,16 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
         rss1.iter().map(|r| r / 1_000_000).collect::<Vec<_>>(),
         per_conn / 1024.0
     );
-    let steady = phase(&mut workers, Kind::Ferry, &pids, "cluster rate", rate, secs).await?;
+    let steady = phase(
+        &mut workers,
+        Kind::Ferry,
+        &pids,
+        &ports,
+        "cluster rate",
+        rate,
+        secs,
+    )
+    .await?;
     let blast = blast_phase(&mut workers, Kind::Ferry, &pids, secs).await?;
     for w in &mut workers {
         let _ = w.say("quit").await;
@@ -742,7 +817,17 @@ async fn run_one(
         rss1 as f64 / 1e6,
         per_conn / 1024.0
     );
-    let steady = phase(&mut workers, kind, &[pid], "rate", rate, secs).await?;
+    let metrics_ports: &[u16] = if kind == Kind::Ferry { &[port] } else { &[] };
+    let steady = phase(
+        &mut workers,
+        kind,
+        &[pid],
+        metrics_ports,
+        "rate",
+        rate,
+        secs,
+    )
+    .await?;
     let blast = blast_phase(&mut workers, kind, &[pid], secs).await?;
     for w in &mut workers {
         let _ = w.say("quit").await;
