@@ -140,6 +140,9 @@ fn frame(kind: Kind, to: &str, payload: &str) -> String {
     }
 }
 
+/// Each client's WebSocket read buffer.
+const READ_BUFFER: usize = 4096;
+
 async fn connect(
     kind: Kind,
     port: u16,
@@ -155,7 +158,13 @@ async fn connect(
         Kind::Ferry => format!("ws://127.0.0.1:{port}/ws"),
         Kind::Peerjs => format!("ws://127.0.0.1:{port}/peerjs?key=peerjs&id={id}&token=t{id}"),
     };
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // tungstenite's default read buffer is 128 KiB, zero-filled for every
+    // read: a fifth of the generator's CPU went to memset, and every
+    // client held that much memory. These frames are a few hundred bytes.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     match kind {
         Kind::Ferry => {
             ws.send(Message::text(
