@@ -459,7 +459,6 @@ async fn play_audio(
     }
 }
 
-/// Records the remote tracks of one connection into a folder.
 /// A node's call media: what it plays and records, and the recordings it
 /// is writing.
 #[derive(Debug, Clone)]
@@ -501,6 +500,7 @@ impl Recordings {
     }
 }
 
+/// Records the remote tracks of one connection into a folder.
 pub(crate) struct Recorder {
     dir: PathBuf,
     peer: PeerId,

@@ -544,12 +544,9 @@ async fn a_native_peer_records_a_page_and_plays_the_recording_into_another() -> 
     wait_rising(&page, &native_id, "audioPackets", CONNECT).await?;
     // And the tile shows it (a track that arrived before the call was
     // joined used to be dropped, leaving the tile black).
-    page.wait_for(
-        "document.querySelector(\"[data-testid='tile'] video\").videoWidth > 0",
-        CONNECT,
-    )
-    .await
-    .context("the native peer's tile shows no video")?;
+    wait_tiles_show_video(&page)
+        .await
+        .context("the native peer's tile")?;
     page.screenshot("../target/e2e/native-call.png").await?;
     page.close().await?;
     drop(player);

@@ -541,19 +541,11 @@ fn servers_stat(pids: &[u32]) -> Result<(u64, f64)> {
 /// The summed relay-latency histograms of Ferry servers, from their
 /// `/metrics`: (bucket upper bound in seconds, cumulative count).
 async fn relay_histogram(ports: &[u16]) -> Vec<(f64, u64)> {
-    use tokio::io::AsyncReadExt;
     let mut sum: Vec<(f64, u64)> = Vec::new();
     for &port in ports {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        let Ok(text) = ferry_e2e::http_get(port, "/metrics").await else {
             continue;
         };
-        let mut text = String::new();
-        let asked = s
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .await;
-        if asked.is_err() || s.read_to_string(&mut text).await.is_err() {
-            continue;
-        }
         let buckets = text.lines().filter_map(|l| {
             let rest = l.strip_prefix("ferry_relay_latency_seconds_bucket{le=\"")?;
             let (le, count) = rest.split_once("\"} ")?;
