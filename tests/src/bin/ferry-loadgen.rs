@@ -15,6 +15,11 @@
 //! 3. **blast**: every worker sends as fast as its connections take it;
 //!    the relayed rate is what arrived per second.
 //!
+//! The generator has to be cheap: on two cores it takes CPU from the server
+//! it measures. Each client connection is one task that writes everything
+//! at hand with one flush, and a message is one allocation (its JSON is
+//! built once per connection, around the spot for the send time).
+//!
 //! By default the server and the generator share every core.
 //! `--server-cpus`, `--generator-cpus` (`taskset` lists) and
 //! `--generator-nice` place them, the same way for both servers.
@@ -133,11 +138,113 @@ struct Stats {
     errors: AtomicU64,
 }
 
-fn frame(kind: Kind, to: &str, payload: &str) -> String {
-    match kind {
-        Kind::Ferry => json!({"type": "signal", "to": to, "signal": {"kind": "candidate", "candidate": payload}}).to_string(),
-        Kind::Peerjs => json!({"type": "CANDIDATE", "dst": to, "payload": {"candidate": payload}}).to_string(),
+/// A candidate-like signal to one peer, cut around the spot where each
+/// message carries its send time: stamping one is a single allocation.
+#[derive(Clone)]
+struct Addressed {
+    head: Arc<str>,
+    tail: Arc<str>,
+}
+
+impl Addressed {
+    fn new(kind: Kind, to: &str) -> Self {
+        const HOLE: &str = "@@";
+        let whole = match kind {
+            Kind::Ferry => json!({"type": "signal", "to": to, "signal": {"kind": "candidate", "candidate": HOLE}}),
+            Kind::Peerjs => json!({"type": "CANDIDATE", "dst": to, "payload": {"candidate": HOLE}}),
+        }
+        .to_string();
+        let (head, tail) = whole.split_once(HOLE).unwrap_or((&whole, ""));
+        Self {
+            head: format!("{head}{MARK}").into(),
+            tail: tail.into(),
+        }
     }
+
+    /// The frame, stamped with the time now.
+    fn stamped(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(self.head.len() + 24);
+        s.push_str(&self.head);
+        let _ = write!(s, "{}", now_ns());
+        s.push_str(&self.tail);
+        s
+    }
+}
+
+/// One client connection: reads what the server relays (recording its
+/// latency, and answering it in the closed loop) and writes what the
+/// generator queues, flushing once for everything at hand, so that a burst
+/// costs one system call, not one per frame.
+async fn client(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    back: Addressed,
+    stats: Arc<Stats>,
+) {
+    use futures_util::FutureExt;
+    loop {
+        let mut dirty = false;
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(m)) => dirty |= arrived(&mut ws, &m, &back, &stats).await,
+                _ => return,
+            },
+            t = rx.recv() => match t {
+                Some(t) => {
+                    if ws.feed(Message::text(t)).await.is_err() { return; }
+                    dirty = true;
+                }
+                None => return,
+            },
+        }
+        // Take what is already at hand before flushing once.
+        loop {
+            if let Ok(t) = rx.try_recv() {
+                if ws.feed(Message::text(t)).await.is_err() {
+                    return;
+                }
+                dirty = true;
+                continue;
+            }
+            match ws.next().now_or_never() {
+                Some(Some(Ok(m))) => dirty |= arrived(&mut ws, &m, &back, &stats).await,
+                Some(_) => return,
+                None => break,
+            }
+        }
+        if dirty && ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Records one frame from the server; true if it queued an answer.
+async fn arrived(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    m: &Message,
+    back: &Addressed,
+    stats: &Stats,
+) -> bool {
+    let Message::Text(t) = m else { return false };
+    let Some(at) = t.find(MARK) else {
+        if t.contains("error") || t.contains("ERROR") {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        return false;
+    };
+    let digits = &t[at + MARK.len()..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let Ok(sent) = digits[..end].parse::<u64>() else {
+        return false;
+    };
+    let us = now_ns().saturating_sub(sent) / 1000;
+    let b = ((us / BUCKET_US) as usize).min(BUCKETS - 1);
+    stats.hist[b].fetch_add(1, Ordering::Relaxed);
+    stats.received.fetch_add(1, Ordering::Relaxed);
+    stats.echo.load(Ordering::Relaxed) && ws.feed(Message::text(back.stamped())).await.is_ok()
 }
 
 /// Each client's WebSocket read buffer.
@@ -213,7 +320,8 @@ async fn worker(
         errors: AtomicU64::new(0),
     });
     // Connect in waves, so that the server's accept queue never overflows.
-    let mut senders: Vec<(mpsc::UnboundedSender<String>, String)> = Vec::with_capacity(pairs * 2);
+    let mut senders: Vec<(mpsc::UnboundedSender<String>, Addressed)> =
+        Vec::with_capacity(pairs * 2);
     let wave = 100;
     let ids: Vec<(String, String, String)> = (0..pairs)
         .map(|i| {
@@ -238,44 +346,10 @@ async fn worker(
         }
         for t in tasks {
             let (ws, other) = t.await??;
-            let (mut sink, mut stream) = ws.split();
-            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-            tokio::spawn(async move {
-                while let Some(text) = rx.recv().await {
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let stats = stats.clone();
-            let (echo_tx, echo_to) = (tx.clone(), other.clone());
-            tokio::spawn(async move {
-                while let Some(Ok(m)) = stream.next().await {
-                    let Message::Text(t) = m else { continue };
-                    if let Some(at) = t.find(MARK) {
-                        let digits: String = t[at + MARK.len()..]
-                            .chars()
-                            .take_while(char::is_ascii_digit)
-                            .collect();
-                        if let Ok(sent) = digits.parse::<u64>() {
-                            let us = now_ns().saturating_sub(sent) / 1000;
-                            let b = ((us / BUCKET_US) as usize).min(BUCKETS - 1);
-                            stats.hist[b].fetch_add(1, Ordering::Relaxed);
-                            stats.received.fetch_add(1, Ordering::Relaxed);
-                            if stats.echo.load(Ordering::Relaxed) {
-                                let _ = echo_tx.send(frame(
-                                    kind,
-                                    &echo_to,
-                                    &format!("{MARK}{}", now_ns()),
-                                ));
-                            }
-                        }
-                    } else if t.contains("error") || t.contains("ERROR") {
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-            senders.push((tx, other));
+            let (tx, rx) = mpsc::unbounded_channel::<String>();
+            let to = Addressed::new(kind, &other);
+            tokio::spawn(client(ws, rx, to.clone(), stats.clone()));
+            senders.push((tx, to));
         }
     }
     let mut out = tokio::io::stdout();
@@ -318,7 +392,7 @@ async fn worker(
                     while sent < due {
                         let (tx, to) = &senders[next % senders.len()];
                         next += 1;
-                        let _ = tx.send(frame(kind, to, &format!("{MARK}{}", now_ns())));
+                        let _ = tx.send(to.stamped());
                         sent += 1;
                     }
                 }
@@ -368,7 +442,7 @@ async fn worker(
                 let started = Instant::now();
                 for (tx, to) in senders.iter().step_by(2) {
                     for _ in 0..window {
-                        let _ = tx.send(frame(kind, to, &format!("{MARK}{}", now_ns())));
+                        let _ = tx.send(to.stamped());
                     }
                 }
                 tokio::time::sleep(Duration::from_secs(secs)).await;
