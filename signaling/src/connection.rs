@@ -108,9 +108,14 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>) {
                 Flow::Close
             }
             _ = ticker.tick() => {
-                if last_seen.elapsed() >= dead_after {
+                let silent = last_seen.elapsed();
+                if silent >= dead_after {
                     tracing::info!(peer = ?membership.as_ref().map(|m| m.id.to_string()), "heartbeat lapsed; dropping connection");
                     Flow::Close
+                } else if silent < heartbeat {
+                    // Heard from within the last interval: it is alive, and
+                    // a ping would only cost both sides a wakeup.
+                    Flow::Continue
                 } else if !send_timed(&mut socket, &state, Message::Ping(Default::default())).await {
                     Flow::Close
                 } else {

@@ -22,7 +22,9 @@
 //! stable code (see [`ferry_protocol::ErrorCode`]), and only errors that make
 //! the connection useless close it. Heartbeats (WebSocket pings, which
 //! browsers answer by themselves) drop dead connections within
-//! `3 × heartbeat`, and the room is told `peer_left`.
+//! `3 × heartbeat`, and the room is told `peer_left`; a connection that
+//! sent anything within the last interval is not pinged, so busy
+//! connections cost no heartbeat traffic.
 //!
 //! The same server also serves the web app (`www/` with the built wasm in
 //! `www/pkg/`) and `/healthz`.

@@ -189,6 +189,54 @@ async fn a_full_room_refuses_the_ninth_peer() {
     assert_still_serving(&url, "another-room").await;
 }
 
+/// Counts the server's pings on `ws` for `for_how_long`, sending a client
+/// Ping every `every` if it is given.
+async fn pings_seen(ws: &mut common::Ws, for_how_long: Duration, every: Option<Duration>) -> u32 {
+    use futures_util::StreamExt;
+    let until = tokio::time::Instant::now() + for_how_long;
+    let mut tick = tokio::time::interval(every.unwrap_or(for_how_long * 2));
+    let mut pings = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => return pings,
+            _ = tick.tick(), if every.is_some() => {
+                ws.send(Message::Ping(Default::default())).await.expect("client ping");
+            }
+            m = ws.next() => match m {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn busy_connections_are_not_pinged_and_silent_ones_are() {
+    let config = Config {
+        heartbeat: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let url = start(config).await;
+    let mut ws = connect(&url).await;
+    join(&mut ws, "hb-busy").await;
+    // Sending something every 50 ms: every tick finds it heard from.
+    let busy = pings_seen(
+        &mut ws,
+        Duration::from_millis(1200),
+        Some(Duration::from_millis(50)),
+    )
+    .await;
+    assert_eq!(busy, 0, "a busy connection was pinged");
+    // Silent (but answering, as tungstenite does while it reads): pinged at
+    // the ticks that find it silent for an interval, and never dropped.
+    let silent = pings_seen(&mut ws, Duration::from_millis(1200), None).await;
+    assert!(
+        silent >= 2,
+        "a silent connection got {silent} pings in 6 intervals"
+    );
+}
+
 #[tokio::test]
 async fn dead_connections_are_dropped_within_the_heartbeat_bound() {
     let config = Config {
