@@ -232,6 +232,25 @@ pub fn app_with_shutdown(config: Config, shutdown: tokio::sync::watch::Receiver<
         .with_state(state)
 }
 
+/// Connections the kernel queues for `accept`, at most (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a backlog of [`LISTEN_BACKLOG`]. The usual 128
+/// overflows when a few hundred clients connect at once, as they do when
+/// an instance restarts and its clients come back: the kernel then drops
+/// their SYNs and each of them waits a second to try again.
+pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves [`app`] on `listener` until `shutdown` completes; then every
 /// connection is told `going_away` and closed, and this returns once they
 /// are gone.
@@ -334,4 +353,28 @@ async fn ws_handler(
         .read_buffer_size(512)
         .write_buffer_size(0)
         .on_upgrade(move |socket| connection::run(socket, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections complete in the kernel before they are accepted, as long
+    /// as the backlog has room: with the usual 128, the rest of a burst of
+    /// 600 would have their SYNs dropped and wait a second to retry.
+    #[tokio::test]
+    async fn a_burst_of_connections_fits_the_listen_backlog() {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..600).map(|_| {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let done = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(done, 600, "connections left waiting while none is accepted");
+        drop(listener);
+    }
 }

@@ -141,8 +141,7 @@ async fn main() -> anyhow::Result<()> {
     if !config.web_root.join("pkg").exists() {
         tracing::warn!(web_root = %config.web_root.display(), "no pkg/ in the web root: build the wasm with `cargo xtask serve`");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = ferry_signaling::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     println!("Ferry is running at http://{addr}/");

@@ -5,8 +5,10 @@
 //! worker processes (this binary, `worker`), each holding up to 9,000
 //! WebSocket connections from its own source address (127.0.0.2, .3, …):
 //! one process may hold only 20,000 open files here. Connections come in
-//! pairs in rooms of two; once all have joined, the workers relay
-//! candidate-like messages from one member of a pair to the other:
+//! pairs in rooms of two. Once all have joined, each pair negotiates once:
+//! the first member sends an SDP offer and the second answers it. Then the
+//! workers relay candidate-like messages from one member of a pair to the
+//! other:
 //!
 //! 1. **idle**: server RSS per connection, all connected and joined;
 //! 2. **rate**: a fixed total rate (20,000/s by default) for some seconds;
@@ -119,6 +121,15 @@ enum Cli {
 // ---- Worker -----------------------------------------------------------------
 
 const MARK: &str = "ferryload:";
+
+/// A data-channel session description as Chromium writes one (its
+/// answer differs in `a=setup`).
+const SDP: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Vq3T\r\na=ice-pwd:Jm2dGzTzP6Jy1gQ1V3pTqB2k\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08\r\n\
+a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
 /// Latency histogram: 10 µs buckets up to 1 s.
 const BUCKET_US: u64 = 10;
 const BUCKETS: usize = 100_000;
@@ -134,6 +145,8 @@ struct Stats {
     /// other way, so each pair keeps a fixed number in flight.
     echo: std::sync::atomic::AtomicBool,
     received: AtomicU64,
+    /// Answers that reached the member that sent the offer.
+    answered: AtomicU64,
     hist: Vec<AtomicU64>,
     errors: AtomicU64,
 }
@@ -142,6 +155,8 @@ struct Stats {
 /// message carries its send time: stamping one is a single allocation.
 #[derive(Clone)]
 struct Addressed {
+    kind: Kind,
+    to: Arc<str>,
     head: Arc<str>,
     tail: Arc<str>,
 }
@@ -156,9 +171,31 @@ impl Addressed {
         .to_string();
         let (head, tail) = whole.split_once(HOLE).unwrap_or((&whole, ""));
         Self {
+            kind,
+            to: to.into(),
             head: format!("{head}{MARK}").into(),
             tail: tail.into(),
         }
+    }
+
+    /// An SDP offer (`answer` false) or answer, as each server's clients
+    /// send them.
+    fn sdp(&self, answer: bool) -> String {
+        let (kind, to) = (self.kind, &*self.to);
+        let (word, sdp) = if answer {
+            ("answer", SDP.replace("actpass", "active"))
+        } else {
+            ("offer", SDP.to_owned())
+        };
+        match kind {
+            Kind::Ferry => json!({"type": "signal", "to": to, "signal": {"kind": word, "sdp": sdp}}),
+            Kind::Peerjs => json!({
+                "type": word.to_uppercase(),
+                "dst": to,
+                "payload": {"sdp": {"type": word, "sdp": sdp}, "type": "data", "connectionId": "dc_load", "label": "dc_load", "reliable": true, "serialization": "binary"},
+            }),
+        }
+        .to_string()
     }
 
     /// The frame, stamped with the time now.
@@ -228,7 +265,16 @@ async fn arrived(
 ) -> bool {
     let Message::Text(t) = m else { return false };
     let Some(at) = t.find(MARK) else {
-        if t.contains("error") || t.contains("ERROR") {
+        let (offer, answer) = match back.kind {
+            Kind::Ferry => (r#""kind":"offer""#, r#""kind":"answer""#),
+            Kind::Peerjs => (r#""type":"OFFER""#, r#""type":"ANSWER""#),
+        };
+        if t.contains(offer) {
+            return ws.feed(Message::text(back.sdp(true))).await.is_ok();
+        }
+        if t.contains(answer) {
+            stats.answered.fetch_add(1, Ordering::Relaxed);
+        } else if t.contains("error") || t.contains("ERROR") {
             stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         return false;
@@ -316,6 +362,7 @@ async fn worker(
     let stats = Arc::new(Stats {
         echo: std::sync::atomic::AtomicBool::new(false),
         received: AtomicU64::new(0),
+        answered: AtomicU64::new(0),
         hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         errors: AtomicU64::new(0),
     });
@@ -352,8 +399,23 @@ async fn worker(
             senders.push((tx, to));
         }
     }
+    // Each pair negotiates once, as peers do after joining: the first
+    // member sends an SDP offer and the second answers it.
+    let negotiating = Instant::now();
+    for (tx, to) in senders.iter().step_by(2) {
+        let _ = tx.send(to.sdp(false));
+    }
+    while stats.answered.load(Ordering::Relaxed) < pairs as u64 {
+        if negotiating.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} of {pairs} offers were answered",
+                stats.answered.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut out = tokio::io::stdout();
-    out.write_all(format!("ready {}\n", senders.len()).as_bytes())
+    out.write_all(format!("ready {} {pairs}\n", senders.len()).as_bytes())
         .await?;
     out.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -480,6 +542,16 @@ impl Worker {
         line.strip_prefix(word)
             .map(|s| s.trim().to_owned())
             .with_context(|| format!("worker said {line}"))
+    }
+
+    /// Waits for `ready`: (connections held, offers answered).
+    async fn ready(&mut self, timeout: Duration) -> Result<(usize, usize)> {
+        let line = self.expect("ready", timeout).await?;
+        let mut words = line.split_whitespace().map(str::parse::<usize>);
+        match (words.next(), words.next()) {
+            (Some(Ok(held)), Some(Ok(negotiated))) => Ok((held, negotiated)),
+            _ => bail!("worker said ready {line}"),
+        }
     }
 
     async fn say(&mut self, line: &str) -> Result<()> {
@@ -800,12 +872,11 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
         left -= n;
         i += 1;
     }
-    let mut held = 0usize;
+    let (mut held, mut negotiated) = (0usize, 0usize);
     for w in &mut workers {
-        held += w
-            .expect("ready", Duration::from_secs(600))
-            .await?
-            .parse::<usize>()?;
+        let (h, n) = w.ready(Duration::from_secs(600)).await?;
+        held += h;
+        negotiated += n;
     }
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -816,7 +887,7 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
     let per_conn =
         rss1.iter().sum::<u64>().saturating_sub(rss0.iter().sum()) as f64 / held.max(1) as f64;
     println!(
-        "Ferry x{}: {held} connections in {connect_secs:.1} s, every pair split across two instances; server RSS {:?} MB, {:.2} KiB per connection",
+        "Ferry x{}: {held} connections joined and {negotiated} offers answered in {connect_secs:.1} s, every pair split across two instances; server RSS {:?} MB, {:.2} KiB per connection",
         ports.len(),
         rss1.iter().map(|r| r / 1_000_000).collect::<Vec<_>>(),
         per_conn / 1024.0
@@ -874,12 +945,11 @@ async fn run_one(
         left -= n;
         i += 1;
     }
-    let mut held = 0usize;
+    let (mut held, mut negotiated) = (0usize, 0usize);
     for w in &mut workers {
-        held += w
-            .expect("ready", Duration::from_secs(300))
-            .await?
-            .parse::<usize>()?;
+        let (h, n) = w.ready(Duration::from_secs(300)).await?;
+        held += h;
+        negotiated += n;
     }
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -887,7 +957,7 @@ async fn run_one(
     let per_conn = (rss1.saturating_sub(rss0)) as f64 / held.max(1) as f64;
     let connect_cpu = c1 - c0;
     println!(
-        "{kind:?}: {held} connections in {connect_secs:.1} s (server CPU {connect_cpu:.1} s); server RSS {:.1} MB -> {:.1} MB, {:.2} KiB per connection",
+        "{kind:?}: {held} connections joined and {negotiated} offers answered in {connect_secs:.1} s (server CPU {connect_cpu:.1} s); server RSS {:.1} MB -> {:.1} MB, {:.2} KiB per connection",
         rss0 as f64 / 1e6,
         rss1 as f64 / 1e6,
         per_conn / 1024.0
