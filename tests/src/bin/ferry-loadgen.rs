@@ -5,16 +5,16 @@
 //! worker processes (this binary, `worker`), each holding up to 9,000
 //! WebSocket connections from its own source address (127.0.0.2, .3, …):
 //! one process may hold only 20,000 open files here. Connections come in
-//! pairs in rooms of two. Once all have joined, each pair negotiates once:
-//! the first member sends an SDP offer and the second answers it. Then the
-//! workers relay candidate-like messages from one member of a pair to the
-//! other:
+//! pairs in rooms of two. Once all have joined, the phases run in turn:
 //!
 //! 1. **idle**: server RSS per connection, all connected and joined;
-//! 2. **rate**: a fixed total rate (20,000/s by default) for some seconds;
+//! 2. **offer/answer**: each pair exchanges an SDP offer and answer, then
+//!    the RSS per connection again (each connection has now carried a
+//!    kilobyte-sized frame each way);
+//! 3. **rate**: a fixed total rate (20,000/s by default) for some seconds;
 //!    every message carries its send time, so the receiver records relay
 //!    latency (p50, p99) and the workers count what never arrived;
-//! 3. **blast**: every worker sends as fast as its connections take it;
+//! 4. **blast**: every worker sends as fast as its connections take it;
 //!    the relayed rate is what arrived per second.
 //!
 //! The generator has to be cheap: on two cores it takes CPU from the server
@@ -399,23 +399,8 @@ async fn worker(
             senders.push((tx, to));
         }
     }
-    // Each pair negotiates once, as peers do after joining: the first
-    // member sends an SDP offer and the second answers it.
-    let negotiating = Instant::now();
-    for (tx, to) in senders.iter().step_by(2) {
-        let _ = tx.send(to.sdp(false));
-    }
-    while stats.answered.load(Ordering::Relaxed) < pairs as u64 {
-        if negotiating.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "only {} of {pairs} offers were answered",
-                stats.answered.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let mut out = tokio::io::stdout();
-    out.write_all(format!("ready {} {pairs}\n", senders.len()).as_bytes())
+    out.write_all(format!("ready {}\n", senders.len()).as_bytes())
         .await?;
     out.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -518,6 +503,27 @@ async fn worker(
                     .await?;
                 out.flush().await?;
             }
+            ["negotiate"] => {
+                // Each pair negotiates once, as peers do after joining: the
+                // first member sends an SDP offer and the second answers it.
+                let started = Instant::now();
+                let before = stats.answered.load(Ordering::Relaxed);
+                for (tx, to) in senders.iter().step_by(2) {
+                    let _ = tx.send(to.sdp(false));
+                }
+                let answered = || stats.answered.load(Ordering::Relaxed) - before;
+                while answered() < pairs as u64 {
+                    if started.elapsed() > Duration::from_secs(120) {
+                        bail!("only {} of {pairs} offers were answered", answered());
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let result =
+                    json!({"answered": answered(), "secs": started.elapsed().as_secs_f64()});
+                out.write_all(format!("result {result}\n").as_bytes())
+                    .await?;
+                out.flush().await?;
+            }
             ["quit"] | [] => break,
             other => bail!("unknown command {other:?}"),
         }
@@ -542,16 +548,6 @@ impl Worker {
         line.strip_prefix(word)
             .map(|s| s.trim().to_owned())
             .with_context(|| format!("worker said {line}"))
-    }
-
-    /// Waits for `ready`: (connections held, offers answered).
-    async fn ready(&mut self, timeout: Duration) -> Result<(usize, usize)> {
-        let line = self.expect("ready", timeout).await?;
-        let mut words = line.split_whitespace().map(str::parse::<usize>);
-        match (words.next(), words.next()) {
-            (Some(Ok(held)), Some(Ok(negotiated))) => Ok((held, negotiated)),
-            _ => bail!("worker said ready {line}"),
-        }
     }
 
     async fn say(&mut self, line: &str) -> Result<()> {
@@ -779,6 +775,37 @@ async fn phase(
     Ok(out)
 }
 
+/// Every pair exchanges an SDP offer and answer; then, once things settle,
+/// the servers' RSS per connection again, now that each connection has
+/// carried a kilobyte-sized frame each way.
+async fn offer_answer_phase(
+    workers: &mut [Worker],
+    kind: Kind,
+    pids: &[u32],
+    empty_rss: u64,
+    held: usize,
+) -> Result<Value> {
+    for w in workers.iter_mut() {
+        w.say("negotiate").await?;
+    }
+    let (mut answered, mut took) = (0u64, 0f64);
+    for w in workers.iter_mut() {
+        let r: Value = serde_json::from_str(&w.expect("result", Duration::from_secs(180)).await?)?;
+        answered += r["answered"].as_u64().unwrap_or(0);
+        took = took.max(r["secs"].as_f64().unwrap_or(0.0));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss: u64 = pids.iter().filter_map(|&p| ferry_e2e::process_rss(p)).sum();
+    let out = json!({
+        "answered": answered,
+        "secs": (took * 100.0).round() / 100.0,
+        "server_rss_mb": (rss as f64 / 1e6 * 10.0).round() / 10.0,
+        "rss_per_conn_kib": (rss.saturating_sub(empty_rss) as f64 / held.max(1) as f64 / 1024.0 * 100.0).round() / 100.0,
+    });
+    println!("{kind:?} offer/answer: {out}");
+    Ok(out)
+}
+
 /// The closed-loop phase: the relayed rate the server sustains.
 async fn blast_phase(workers: &mut [Worker], kind: Kind, pids: &[u32], secs: u64) -> Result<Value> {
     let (_, t0) = servers_stat(pids)?;
@@ -872,11 +899,12 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
         left -= n;
         i += 1;
     }
-    let (mut held, mut negotiated) = (0usize, 0usize);
+    let mut held = 0usize;
     for w in &mut workers {
-        let (h, n) = w.ready(Duration::from_secs(600)).await?;
-        held += h;
-        negotiated += n;
+        held += w
+            .expect("ready", Duration::from_secs(600))
+            .await?
+            .parse::<usize>()?;
     }
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -887,11 +915,13 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
     let per_conn =
         rss1.iter().sum::<u64>().saturating_sub(rss0.iter().sum()) as f64 / held.max(1) as f64;
     println!(
-        "Ferry x{}: {held} connections joined and {negotiated} offers answered in {connect_secs:.1} s, every pair split across two instances; server RSS {:?} MB, {:.2} KiB per connection",
+        "Ferry x{}: {held} connections in {connect_secs:.1} s, every pair split across two instances; server RSS {:?} MB, {:.2} KiB per connection",
         ports.len(),
         rss1.iter().map(|r| r / 1_000_000).collect::<Vec<_>>(),
         per_conn / 1024.0
     );
+    let negotiated =
+        offer_answer_phase(&mut workers, Kind::Ferry, &pids, rss0.iter().sum(), held).await?;
     let steady = phase(
         &mut workers,
         Kind::Ferry,
@@ -914,6 +944,7 @@ async fn run_cluster(connections: usize, instances: usize, rate: u64, secs: u64)
             "connections": held,
             "connect_secs": (connect_secs * 10.0).round() / 10.0,
             "rss_per_conn_kib": (per_conn / 1024.0 * 100.0).round() / 100.0,
+            "offer_answer": negotiated,
             "rate": steady,
             "blast": blast,
         })
@@ -945,11 +976,12 @@ async fn run_one(
         left -= n;
         i += 1;
     }
-    let (mut held, mut negotiated) = (0usize, 0usize);
+    let mut held = 0usize;
     for w in &mut workers {
-        let (h, n) = w.ready(Duration::from_secs(300)).await?;
-        held += h;
-        negotiated += n;
+        held += w
+            .expect("ready", Duration::from_secs(300))
+            .await?
+            .parse::<usize>()?;
     }
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -957,11 +989,12 @@ async fn run_one(
     let per_conn = (rss1.saturating_sub(rss0)) as f64 / held.max(1) as f64;
     let connect_cpu = c1 - c0;
     println!(
-        "{kind:?}: {held} connections joined and {negotiated} offers answered in {connect_secs:.1} s (server CPU {connect_cpu:.1} s); server RSS {:.1} MB -> {:.1} MB, {:.2} KiB per connection",
+        "{kind:?}: {held} connections in {connect_secs:.1} s (server CPU {connect_cpu:.1} s); server RSS {:.1} MB -> {:.1} MB, {:.2} KiB per connection",
         rss0 as f64 / 1e6,
         rss1 as f64 / 1e6,
         per_conn / 1024.0
     );
+    let negotiated = offer_answer_phase(&mut workers, kind, &[pid], rss0, held).await?;
     let metrics_ports: &[u16] = if kind == Kind::Ferry { &[port] } else { &[] };
     let steady = phase(
         &mut workers,
@@ -983,6 +1016,7 @@ async fn run_one(
         "connect_secs": (connect_secs * 10.0).round() / 10.0,
         "connect_server_cpu_s": (connect_cpu * 100.0).round() / 100.0,
         "rss_per_conn_kib": (per_conn / 1024.0 * 100.0).round() / 100.0,
+        "offer_answer": negotiated,
         "rate": steady,
         "blast": blast,
     }))
@@ -1008,6 +1042,7 @@ async fn bench(connections: usize, rate: u64, secs: u64, layout: &Layout) -> Res
             "ours": ours,
             "peerserver": theirs,
             "rss_per_conn_ratio": ratio(f(&ours, &["rss_per_conn_kib"]), f(&theirs, &["rss_per_conn_kib"])),
+            "rss_after_offer_answer_ratio": ratio(f(&ours, &["offer_answer", "rss_per_conn_kib"]), f(&theirs, &["offer_answer", "rss_per_conn_kib"])),
             "max_rate_ratio": ratio(f(&ours, &["blast", "relayed_per_s"]), f(&theirs, &["blast", "relayed_per_s"])),
             "p99_ratio": ratio(f(&ours, &["rate", "p99_ms"]), f(&theirs, &["rate", "p99_ms"])),
         })
