@@ -24,6 +24,7 @@ window.__plainPeer = (url, room) => new Promise((resolve) => {
   const setup = (peer) => {
     other = peer;
     pc = new RTCPeerConnection({ iceServers: [] });
+    window.__plainPc = pc;
     pc.onicecandidate = (e) => {
       if (e.candidate && e.candidate.candidate) send({ kind: "candidate", candidate: e.candidate.candidate, sdp_mid: e.candidate.sdpMid, sdp_m_line_index: e.candidate.sdpMLineIndex });
     };
@@ -333,6 +334,10 @@ async fn raw_once(a: &Page, b: &Page, url: &str, room: &str, total: u64, size: u
     )
     .await?;
     b.eval(&raw_receive_js(total)).await?;
+    if tracing() {
+        start_trace(a, "window.__plainPc", "bytesSent").await?;
+        start_trace(b, "window.__plainPc", "bytesReceived").await?;
+    }
     let start = a
         .eval_async(&raw_send_js(total, size))
         .await?
@@ -343,11 +348,91 @@ async fn raw_once(a: &Page, b: &Page, url: &str, room: &str, total: u64, size: u
         .await?
         .as_f64()
         .context("end")?;
+    if tracing() {
+        finish_trace(a, b, total).await?;
+    }
     for p in [a, b] {
         p.eval("window.__plainClose(); window.__plainChannel = null; return true")
             .await?;
     }
     Ok(total as f64 / 1e6 / ((end - start) / 1000.0))
+}
+
+/// `FERRY_BENCH_TRACE=1`: sample both ends of a transfer's channel every
+/// 50 ms and print how steady the flow was.
+fn tracing() -> bool {
+    std::env::var_os("FERRY_BENCH_TRACE").is_some()
+}
+
+/// Samples `field` of the `ferry` data channel's stats of the peer
+/// connection that `pc` evaluates to, every 50 ms.
+async fn start_trace(p: &Page, pc: &str, field: &str) -> Result<()> {
+    p.eval(&format!(
+        "window.__samples = [];
+         window.__sampler = setInterval(async () => {{
+           const pc = {pc};
+           if (!pc) return;
+           const st = await pc.getStats();
+           st.forEach((r) => {{ if (r.type === 'data-channel' && r.label === 'ferry') window.__samples.push([Date.now(), r.{field}]); }});
+         }}, 50);
+         return true"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Prints the receiver's rate per 50 ms (spread, and how many intervals
+/// nearly stalled) and what the sender had handed to the channel but the
+/// receiver had not yet received, over time.
+async fn finish_trace(a: &Page, b: &Page, total: u64) -> Result<()> {
+    let mut series = Vec::new();
+    for p in [a, b] {
+        let v = p
+            .eval("clearInterval(window.__sampler); return window.__samples")
+            .await?;
+        let pts: Vec<(f64, f64)> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| Some((x[0].as_f64()?, x[1].as_f64()?)))
+            .collect();
+        series.push(pts);
+    }
+    let recv_at = |t: f64| {
+        series[1]
+            .iter()
+            .take_while(|(w, _)| *w <= t)
+            .last()
+            .map_or(0.0, |(_, b)| *b)
+    };
+    let mut rates: Vec<f64> = series[1]
+        .windows(2)
+        .filter(|w| w[1].1 > 0.0 && w[1].1 < total as f64)
+        .map(|w| (w[1].1 - w[0].1) / (w[1].0 - w[0].0) / 1000.0)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        rates
+            .get(((rates.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "  trace: receiver MB/s per 50 ms, p10 {:.1} p50 {:.1} p90 {:.1}; intervals under 5 MB/s: {}/{}",
+        q(0.1),
+        q(0.5),
+        q(0.9),
+        rates.iter().filter(|r| **r < 5.0).count(),
+        rates.len()
+    );
+    let step = (series[0].len() / 40).max(1);
+    let line: Vec<String> = series[0]
+        .iter()
+        .step_by(step)
+        .map(|(t, s)| format!("{:.1}", (s - recv_at(*t)) / 1_048_576.0))
+        .collect();
+    println!("  trace: MiB sent but not yet received: {}", line.join(" "));
+    Ok(())
 }
 
 /// One transfer through the page: pick the file in A, accept in B as soon as
@@ -363,6 +448,22 @@ async fn ours_swap_once(
     let n = b.eval("return window.__ferry.events.filter(e => e.type === 'transfer' && e.event.type === 'completed').length").await?.as_u64().unwrap_or(0);
     let baseline = b.renderer_rss().unwrap_or(0);
     let mut peak = baseline;
+    let trace = tracing();
+    if trace {
+        let (ida, idb) = (a.peer_id().await?, b.peer_id().await?);
+        start_trace(
+            a,
+            &format!("window.__ferry.client.peerConnection('{idb}')"),
+            "bytesSent",
+        )
+        .await?;
+        start_trace(
+            b,
+            &format!("window.__ferry.client.peerConnection('{ida}')"),
+            "bytesReceived",
+        )
+        .await?;
+    }
     a.upload("pick-files", file).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(1800);
     let end = loop {
@@ -397,6 +498,9 @@ async fn ours_swap_once(
     );
     b.eval("clearInterval(window.__autoAccept); return true")
         .await?;
+    if trace {
+        finish_trace(a, b, total).await?;
+    }
     Ok((
         total as f64 / 1e6 / ((end - start) / 1000.0),
         peak.saturating_sub(baseline) as f64 / 1e6,
