@@ -102,8 +102,8 @@ pub struct Config {
     pub web_root: PathBuf,
     /// Most members a room may hold.
     pub max_room_size: usize,
-    /// Interval between heartbeat pings; a connection silent for three
-    /// intervals is dropped.
+    /// Heartbeat interval: a connection silent for a whole interval is
+    /// pinged, and one silent for three intervals is dropped.
     pub heartbeat: Duration,
     /// Largest text frame accepted, in bytes; larger ones get `frame_too_large`.
     pub max_frame_bytes: usize,
