@@ -19,16 +19,35 @@ use crate::Error;
 
 /// Reads `len` bytes at `offset` of a file without loading the rest.
 pub(crate) async fn read_slice(file: &File, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
-    let blob = file.slice_with_f64_and_f64(offset as f64, (offset + u64::from(len)) as f64)?;
-    let buf = JsFuture::from(blob.array_buffer()).await?;
-    let bytes = Uint8Array::new(&buf).to_vec();
-    if bytes.len() != len as usize {
-        return Err(Error::Js(format!(
-            "{} changed while being sent",
-            file.name()
-        )));
+    PendingRead::start(file, offset, len)?.bytes().await
+}
+
+/// A slice read the browser has started: it goes on while this thread
+/// does other work, until [`PendingRead::bytes`] takes the result.
+struct PendingRead {
+    read: JsFuture,
+    len: u32,
+    name: String,
+}
+
+impl PendingRead {
+    fn start(file: &File, offset: u64, len: u32) -> Result<Self, Error> {
+        let blob = file.slice_with_f64_and_f64(offset as f64, (offset + u64::from(len)) as f64)?;
+        Ok(Self {
+            read: JsFuture::from(blob.array_buffer()),
+            len,
+            name: file.name(),
+        })
     }
-    Ok(bytes)
+
+    async fn bytes(self) -> Result<Vec<u8>, Error> {
+        let buf = self.read.await?;
+        let bytes = Uint8Array::new(&buf).to_vec();
+        if bytes.len() != self.len as usize {
+            return Err(Error::Js(format!("{} changed while being sent", self.name)));
+        }
+        Ok(bytes)
+    }
 }
 
 /// Bytes read per slice while hashing: large enough that the per-read cost
@@ -89,12 +108,25 @@ pub async fn chunk_digests(
     let cs = u64::from(chunk_size);
     let block = (HASH_BLOCK / cs).max(1);
     let mut out = Vec::with_capacity(((last.saturating_sub(first)) * 32) as usize);
-    let mut chunk = first;
-    while chunk < last {
+    let start = |chunk: u64| {
         let n = block.min(last - chunk);
         let offset = chunk * cs;
         let len = ((chunk + n) * cs).min(size) - offset;
-        let data = read_slice(&file, offset, len as u32).await?;
+        PendingRead::start(&file, offset, len as u32).map(|r| (r, n))
+    };
+    let mut next = if first < last {
+        Some(start(first)?)
+    } else {
+        None
+    };
+    let mut chunk = first;
+    while let Some((read, n)) = next.take() {
+        let data = read.bytes().await?;
+        // Ask for the next block before hashing this one: the browser
+        // reads it while this worker hashes.
+        if chunk + n < last {
+            next = Some(start(chunk + n)?);
+        }
         for (i, piece) in data.chunks(chunk_size as usize).enumerate() {
             out.extend_from_slice(&tree::chunk_cv(piece, chunk + i as u64, chunk_size));
         }
