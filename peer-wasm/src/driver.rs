@@ -114,6 +114,9 @@ pub(crate) struct Driver {
     /// When the armed timer fires, in session milliseconds.
     timer_deadline: u64,
     timer_cb: Option<Closure<dyn FnMut()>>,
+    /// The timer that posts a write batch left waiting, and its callback.
+    flush_timer: Option<i32>,
+    flush_cb: Option<Closure<dyn FnMut()>>,
     outgoing_files: HashMap<TransferId, Vec<File>>,
     sink: Option<Sink>,
     sink_url: String,
@@ -205,8 +208,7 @@ impl Driver {
                 offset,
                 data,
             } => {
-                let result = self.sink_write(weak, &id, file, chunk, offset, &data);
-                if let Err(e) = result {
+                if let Err((id, e)) = self.sink_write(weak, &id, file, chunk, offset, &data) {
                     let weak = weak.clone();
                     let reason = e.to_string();
                     wasm_bindgen_futures::spawn_local(async move {
@@ -260,9 +262,11 @@ impl Driver {
                     return;
                 };
                 match job {
-                    SinkJob::Write { id, file, chunk } => with_session(&w, move |d, now| {
+                    SinkJob::Write { id, file, chunks } => with_session(&w, move |d, now| {
                         if ok {
-                            d.session.chunk_written(&id, file, chunk, now);
+                            for chunk in chunks {
+                                d.session.chunk_written(&id, file, chunk, now);
+                            }
                         } else {
                             d.session.write_failed(&id, &error);
                         }
@@ -302,6 +306,8 @@ impl Driver {
         Ok(format!("{}/{file}", files::opfs_dir(&manifest)))
     }
 
+    /// Hands a verified chunk to the sink, which gathers consecutive ones
+    /// into one write; arms the timer that posts a batch left waiting.
     fn sink_write(
         &mut self,
         weak: &WeakShared,
@@ -310,26 +316,74 @@ impl Driver {
         chunk: u64,
         offset: u64,
         data: &[u8],
-    ) -> Result<(), Error> {
-        let path = self.file_path(id, file)?;
-        let (name, size) = self
-            .session
-            .transfers()
+    ) -> Result<(), (TransferId, Error)> {
+        let path = self.file_path(id, file).map_err(|e| (*id, e))?;
+        let t = self.session.transfers();
+        let (name, size) = t
             .files(id)
             .and_then(|f| f.get(file as usize))
             .map(|f| (f.path.replace('/', "_"), f.size))
-            .ok_or_else(|| Error::Js("no such download".into()))?;
-        self.sink(weak)?.write(
-            &path,
-            (&name, size),
+            .ok_or_else(|| (*id, Error::Js("no such download".into())))?;
+        // A quarter of the window at most, so a small window never waits
+        // on a batch that its own requests cannot fill.
+        let config = t.config();
+        let batch_bytes = files::WRITE_BATCH
+            .min(config.window as u64 * u64::from(config.chunk_size) / 4)
+            .max(1);
+        let write = files::ChunkWrite {
+            id: *id,
+            file,
+            chunk,
             offset,
+            path,
+            name,
+            size,
             data,
-            SinkJob::Write {
-                id: *id,
-                file,
-                chunk,
-            },
-        )
+        };
+        let waiting = self
+            .sink(weak)
+            .map_err(|e| (*id, e))?
+            .write(write, batch_bytes)?;
+        if waiting {
+            self.arm_flush_timer(weak);
+        } else {
+            self.clear_flush_timer();
+        }
+        Ok(())
+    }
+
+    /// Posts a batch that has waited [`files::WRITE_BATCH_WAIT_MS`] for
+    /// its next chunk.
+    fn arm_flush_timer(&mut self, weak: &WeakShared) {
+        if self.flush_timer.is_some() {
+            return;
+        }
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        let cb = self.flush_cb.get_or_insert_with(|| {
+            let w = weak.clone();
+            Closure::<dyn FnMut()>::new(move || {
+                with_session(&w, move |d, _| {
+                    d.flush_timer = None;
+                    if let Some(Err((id, e))) = d.sink.as_mut().map(Sink::flush) {
+                        d.session.write_failed(&id, &e.to_string());
+                    }
+                });
+            })
+        });
+        self.flush_timer = window
+            .set_timeout_with_callback_and_timeout_and_arguments_0(
+                cb.as_ref().unchecked_ref(),
+                files::WRITE_BATCH_WAIT_MS,
+            )
+            .ok();
+    }
+
+    fn clear_flush_timer(&mut self) {
+        if let (Some(window), Some(handle)) = (web_sys::window(), self.flush_timer.take()) {
+            window.clear_timeout_with_handle(handle);
+        }
     }
 
     fn save_progress(&mut self, id: &TransferId) {
@@ -534,6 +588,7 @@ impl Driver {
         if let (Some(window), Some(handle)) = (web_sys::window(), self.timer.take()) {
             window.clear_timeout_with_handle(handle);
         }
+        self.clear_flush_timer();
         self.ws = None;
         self.peers.clear();
     }
@@ -728,6 +783,8 @@ impl FerryClient {
             timer: None,
             timer_deadline: 0,
             timer_cb: None,
+            flush_timer: None,
+            flush_cb: None,
             outgoing_files: HashMap::new(),
             sink: None,
             sink_url: opts.sink_worker_url,

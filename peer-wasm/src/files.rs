@@ -258,11 +258,12 @@ pub(crate) fn opfs_dir(manifest: &[u8; 32]) -> String {
 
 /// What a sink request was for.
 pub(crate) enum SinkJob {
-    /// A chunk write; report `chunk_written` or `write_failed`.
+    /// A write of consecutive chunks; report `chunk_written` for each, or
+    /// `write_failed`.
     Write {
         id: TransferId,
         file: u32,
-        chunk: u64,
+        chunks: Vec<u64>,
     },
     /// Resolve or reject a promise with the reply.
     Promise {
@@ -273,10 +274,69 @@ pub(crate) enum SinkJob {
     Quiet,
 }
 
+/// Most bytes gathered into one write: consecutive verified chunks of a
+/// file go to the storage worker together, a message each way per batch
+/// instead of per chunk (see `docs/benchmarks.md`).
+pub(crate) const WRITE_BATCH: u64 = 1024 * 1024;
+
+/// How long a batch that is not full waits for its next chunk, in ms.
+pub(crate) const WRITE_BATCH_WAIT_MS: i32 = 20;
+
+/// Verified chunks of one file waiting to be written as one range.
+struct WriteBatch {
+    id: TransferId,
+    file: u32,
+    path: String,
+    name: String,
+    size: u64,
+    /// File offset of the first byte.
+    offset: u64,
+    /// `capacity` bytes, of which the first `len` are filled.
+    buf: Uint8Array,
+    len: u32,
+    chunks: Vec<u64>,
+}
+
+impl WriteBatch {
+    fn full(&self) -> bool {
+        self.len == self.buf.length()
+    }
+
+    /// Whether `n` bytes of `file` at `offset` continue this batch.
+    fn continues(&self, id: &TransferId, file: u32, offset: u64, n: usize) -> bool {
+        self.id == *id
+            && self.file == file
+            && self.offset + u64::from(self.len) == offset
+            && u64::from(self.len) + n as u64 <= u64::from(self.buf.length())
+    }
+}
+
+/// Where a received chunk goes: its transfer, file and place in the file,
+/// and the file's storage path, display name and size.
+pub(crate) struct ChunkWrite<'a> {
+    pub(crate) id: TransferId,
+    pub(crate) file: u32,
+    pub(crate) chunk: u64,
+    pub(crate) offset: u64,
+    pub(crate) path: String,
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) data: &'a [u8],
+}
+
 /// The worker that owns OPFS sync access handles.
+///
+/// Writes are gathered: consecutive chunks of a file wait in one buffer of
+/// up to `batch_bytes` (on the JavaScript heap, not in WebAssembly memory)
+/// and go to the worker as one range when it is full, when a chunk that
+/// does not continue it arrives, when any other request is posted (so the
+/// worker still sees everything in order), or after
+/// [`WRITE_BATCH_WAIT_MS`]. A chunk counts as stored only when the worker
+/// confirms its range.
 pub(crate) struct Sink {
     worker: Worker,
     seq: u32,
+    batch: Option<WriteBatch>,
     /// Whether a partial file survives a reload (false for a download
     /// stream), so that saving progress makes sense.
     pub(crate) resumable: bool,
@@ -319,6 +379,7 @@ impl Sink {
         Ok(Self {
             worker,
             seq: 0,
+            batch: None,
             pending,
             resumable,
             _on_message: on_message,
@@ -345,24 +406,85 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes verified bytes of the file stored at `path`, which the user
-    /// knows as `name` (`size` bytes in all).
+    /// Adds a verified chunk to the pending write, posting what was pending
+    /// first if the chunk does not continue it. `batch_bytes` bounds the
+    /// batch (at least the chunk itself). Returns whether a batch is now
+    /// waiting, so the caller can arm the [`WRITE_BATCH_WAIT_MS`] timer. An
+    /// error names the transfer whose write could not be posted.
     pub(crate) fn write(
         &mut self,
-        path: &str,
-        (name, size): (&str, u64),
-        offset: u64,
-        data: &[u8],
-        job: SinkJob,
-    ) -> Result<(), Error> {
+        w: ChunkWrite<'_>,
+        batch_bytes: u64,
+    ) -> Result<bool, (TransferId, Error)> {
+        let n = w.data.len();
+        if self
+            .batch
+            .as_ref()
+            .is_some_and(|b| !b.continues(&w.id, w.file, w.offset, n))
+        {
+            self.flush()?;
+        }
+        let batch = match &mut self.batch {
+            Some(b) => b,
+            None => {
+                let capacity = batch_bytes
+                    .min(w.size.saturating_sub(w.offset))
+                    .max(n as u64)
+                    .min(u64::from(u32::MAX)) as u32;
+                self.batch.insert(WriteBatch {
+                    id: w.id,
+                    file: w.file,
+                    path: w.path,
+                    name: w.name,
+                    size: w.size,
+                    offset: w.offset,
+                    buf: Uint8Array::new_with_length(capacity),
+                    len: 0,
+                    chunks: Vec::new(),
+                })
+            }
+        };
+        batch
+            .buf
+            .subarray(batch.len, batch.len + n as u32)
+            .copy_from(w.data);
+        batch.len += n as u32;
+        batch.chunks.push(w.chunk);
+        if batch.full() {
+            self.flush()?;
+        }
+        Ok(self.batch.is_some())
+    }
+
+    /// Posts the pending write, if there is one. An error names the
+    /// transfer whose write could not be posted.
+    pub(crate) fn flush(&mut self) -> Result<(), (TransferId, Error)> {
+        let Some(b) = self.batch.take() else {
+            return Ok(());
+        };
+        let id = b.id;
+        self.post_batch(b).map_err(|e| (id, e))
+    }
+
+    fn post_batch(&mut self, b: WriteBatch) -> Result<(), Error> {
+        let data = if b.full() {
+            b.buf
+        } else {
+            b.buf.slice(0, b.len)
+        };
+        let buf = data.buffer();
         let msg = Object::new();
-        let buf = Uint8Array::from(data).buffer();
         Reflect::set(&msg, &"op".into(), &"write".into())?;
-        Reflect::set(&msg, &"path".into(), &path.into())?;
-        Reflect::set(&msg, &"name".into(), &name.into())?;
-        Reflect::set(&msg, &"size".into(), &(size as f64).into())?;
-        Reflect::set(&msg, &"offset".into(), &(offset as f64).into())?;
+        Reflect::set(&msg, &"path".into(), &b.path.as_str().into())?;
+        Reflect::set(&msg, &"name".into(), &b.name.as_str().into())?;
+        Reflect::set(&msg, &"size".into(), &(b.size as f64).into())?;
+        Reflect::set(&msg, &"offset".into(), &(b.offset as f64).into())?;
         Reflect::set(&msg, &"data".into(), &buf)?;
+        let job = SinkJob::Write {
+            id: b.id,
+            file: b.file,
+            chunks: b.chunks,
+        };
         self.post(&msg, Some(&buf), job)
     }
 
@@ -373,6 +495,8 @@ impl Sink {
         value: &str,
         job: SinkJob,
     ) -> Result<(), Error> {
+        // Whatever was gathered goes first: the worker keeps the order.
+        self.flush().map_err(|(_, e)| e)?;
         let msg = Object::new();
         Reflect::set(&msg, &"op".into(), &op.into())?;
         Reflect::set(&msg, &key.into(), &value.into())?;
