@@ -583,3 +583,122 @@ pub(crate) fn random_id() -> Result<TransferId, Error> {
 pub(crate) fn hex(id: &TransferId) -> String {
     id_hex(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::*;
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    /// A sink that records what it is sent: `[op, offset, bytes]` per
+    /// message, and the bytes of each write.
+    fn recording_sink() -> (Sink, js_sys::Array) {
+        let log = js_sys::Array::new();
+        let factory = js_sys::Function::new_with_args(
+            "log",
+            "return () => ({ postMessage(m) { log.push([m.op, m.offset ?? -1, m.data ? new Uint8Array(m.data) : null]); }, terminate() {} });",
+        )
+        .call1(&JsValue::NULL, &log)
+        .unwrap()
+        .unchecked_into::<js_sys::Function>();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|_: MessageEvent| {});
+        let sink = Sink::new("unused.js", Some(&factory), on_message, Rc::default()).unwrap();
+        (sink, log)
+    }
+
+    fn entries(log: &js_sys::Array) -> Vec<(String, f64, Vec<u8>)> {
+        log.iter()
+            .map(|e| {
+                let e: js_sys::Array = e.unchecked_into();
+                let data = e.get(2);
+                let bytes = if data.is_null() {
+                    Vec::new()
+                } else {
+                    Uint8Array::new(&data).to_vec()
+                };
+                (
+                    e.get(0).as_string().unwrap(),
+                    e.get(1).as_f64().unwrap(),
+                    bytes,
+                )
+            })
+            .collect()
+    }
+
+    fn chunk<'a>(i: u64, data: &'a [u8], size: u64) -> ChunkWrite<'a> {
+        ChunkWrite {
+            id: [7; 16],
+            file: 0,
+            chunk: i,
+            offset: i * 4,
+            path: "ferry/x/0".into(),
+            name: "x".into(),
+            size,
+            data,
+        }
+    }
+
+    #[wasm_bindgen_test]
+    fn consecutive_chunks_go_out_as_one_write_in_order() {
+        let (mut sink, log) = recording_sink();
+        let size = 40; // ten chunks of 4 bytes
+        let bytes: Vec<[u8; 4]> = (0..10u8).map(|i| [i; 4]).collect();
+        for i in 0..3 {
+            assert!(sink.write(chunk(i, &bytes[i as usize], size), 16).unwrap());
+        }
+        assert_eq!(log.length(), 0, "nothing goes out before the batch is full");
+        // The fourth fills 16 bytes: one write of chunks 0-3, in order.
+        assert!(!sink.write(chunk(3, &bytes[3], size), 16).unwrap());
+        let first = entries(&log);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0, "write");
+        assert_eq!(first[0].1, 0.0);
+        assert_eq!(first[0].2, bytes[..4].concat());
+        // A gap (chunk 6 is missing) posts what was gathered first.
+        sink.write(chunk(4, &bytes[4], size), 16).unwrap();
+        sink.write(chunk(5, &bytes[5], size), 16).unwrap();
+        assert!(sink.write(chunk(7, &bytes[7], size), 16).unwrap());
+        // Any other request posts the pending write ahead of itself.
+        sink.simple("close", "path", "ferry/x/0", SinkJob::Quiet)
+            .unwrap();
+        // The last chunk of the file fills its (shorter) batch at once.
+        assert!(!sink.write(chunk(9, &bytes[9], size), 16).unwrap());
+        let all: Vec<(String, f64, usize)> = entries(&log)
+            .into_iter()
+            .map(|(op, offset, b)| (op, offset, b.len()))
+            .collect();
+        let want: Vec<(String, f64, usize)> = [
+            ("write", 0.0, 16),
+            ("write", 16.0, 8),
+            ("write", 28.0, 4),
+            ("close", -1.0, 0),
+            ("write", 36.0, 4),
+        ]
+        .into_iter()
+        .map(|(op, o, n)| (op.to_string(), o, n))
+        .collect();
+        assert_eq!(all, want);
+        // Each write stands for exactly the chunks in it.
+        let mut jobs: Vec<Vec<u64>> = sink
+            .pending
+            .borrow()
+            .values()
+            .filter_map(|j| match j {
+                SinkJob::Write { chunks, .. } => Some(chunks.clone()),
+                _ => None,
+            })
+            .collect();
+        jobs.sort();
+        assert_eq!(jobs, vec![vec![0, 1, 2, 3], vec![4, 5], vec![7], vec![9]]);
+    }
+
+    #[wasm_bindgen_test]
+    fn an_empty_file_is_one_empty_write() {
+        let (mut sink, log) = recording_sink();
+        let mut w = chunk(0, &[], 0);
+        w.size = 0;
+        assert!(!sink.write(w, 16).unwrap());
+        assert_eq!(entries(&log), vec![("write".to_string(), 0.0, Vec::new())]);
+    }
+}
