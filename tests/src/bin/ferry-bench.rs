@@ -498,6 +498,23 @@ async fn ours_swap_once(
     );
     b.eval("clearInterval(window.__autoAccept); return true")
         .await?;
+    // Each round writes a new file, as a user's transfer does: overwriting
+    // the last round's file in OPFS would be cheaper than writing a new one.
+    let removed = b
+        .eval_async(
+            "const done = arguments[arguments.length - 1];
+             (async () => {
+               for (let i = 0; i < 100; i++) {
+                 try { await (await navigator.storage.getDirectory()).removeEntry('ferry', { recursive: true }); return true; }
+                 catch (e) { if (e.name === 'NotFoundError') return true; await new Promise((r) => setTimeout(r, 100)); }
+               }
+               return false;
+             })().then(done);",
+        )
+        .await?;
+    if removed != serde_json::Value::Bool(true) {
+        bail!("could not remove the received file from OPFS after the transfer");
+    }
     if trace {
         finish_trace(a, b, total).await?;
     }
