@@ -6,7 +6,8 @@
 // | {seq, op: "file", path} (closes it, answers with the File) | {seq, op:
 // "delete", dir} (a folder or a single file) | {seq, op: "probe"} (fails
 // where OPFS sync access handles do not work); every message is answered
-// {seq, ok, error?, file?}.
+// {seq, ok, error?, file?, data?} (data: a written buffer, handed back for
+// reuse).
 
 const handles = new Map(); // path -> FileSystemSyncAccessHandle
 
@@ -96,7 +97,11 @@ let chain = Promise.resolve();
 self.onmessage = (e) => {
   const msg = e.data;
   chain = chain.then(() => handle(msg)).then(
-    (file) => self.postMessage({ seq: msg.seq, ok: true, file }),
+    (file) => {
+      // A written buffer goes back to the page, which fills it again.
+      if (msg.op === "write" && msg.data.byteLength) self.postMessage({ seq: msg.seq, ok: true, data: msg.data }, [msg.data]);
+      else self.postMessage({ seq: msg.seq, ok: true, file });
+    },
     (err) => self.postMessage({ seq: msg.seq, ok: false, error: `${err.name}: ${err.message}` }),
   );
 };

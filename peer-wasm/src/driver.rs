@@ -247,7 +247,8 @@ impl Driver {
     fn sink(&mut self, weak: &WeakShared) -> Result<&mut Sink, Error> {
         if self.sink.is_none() {
             let pending: Rc<RefCell<HashMap<u32, SinkJob>>> = Rc::default();
-            let (w, p) = (weak.clone(), pending.clone());
+            let spare: files::Spare = Rc::default();
+            let (w, p, kept) = (weak.clone(), pending.clone(), spare.clone());
             let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
                 let data = e.data();
                 let get = |k: &str| {
@@ -261,6 +262,10 @@ impl Driver {
                 let Some(job) = p.borrow_mut().remove(&seq) else {
                     return;
                 };
+                // A written batch's buffer, handed back to be filled again.
+                if let Ok(buf) = get("data").dyn_into::<js_sys::ArrayBuffer>() {
+                    files::keep_spare(&kept, buf);
+                }
                 match job {
                     SinkJob::Write { id, file, chunks } => with_session(&w, move |d, now| {
                         if ok {
@@ -290,6 +295,7 @@ impl Driver {
                 self.sink_factory.as_ref(),
                 on_message,
                 pending,
+                spare,
             )?);
         }
         self.sink

@@ -285,6 +285,21 @@ pub(crate) const WRITE_BATCH: u64 = 1024 * 1024;
 /// batches half-filled. The batch holds a few window slots meanwhile.
 pub(crate) const WRITE_BATCH_WAIT_MS: i32 = 200;
 
+/// Batch buffers the storage worker has handed back after writing them,
+/// to be filled again: no allocation, and no garbage, per batch.
+pub(crate) type Spare = Rc<RefCell<Vec<js_sys::ArrayBuffer>>>;
+
+/// Most buffers kept for reuse.
+const MAX_SPARE: usize = 4;
+
+/// Keeps a buffer the worker handed back, if there is room.
+pub(crate) fn keep_spare(spare: &Spare, buf: js_sys::ArrayBuffer) {
+    let mut spare = spare.borrow_mut();
+    if spare.len() < MAX_SPARE && buf.byte_length() > 0 {
+        spare.push(buf);
+    }
+}
+
 /// Verified chunks of one file waiting to be written as one range.
 struct WriteBatch {
     id: TransferId,
@@ -340,6 +355,7 @@ pub(crate) struct Sink {
     worker: Worker,
     seq: u32,
     batch: Option<WriteBatch>,
+    spare: Spare,
     /// Whether a partial file survives a reload (false for a download
     /// stream), so that saving progress makes sense.
     pub(crate) resumable: bool,
@@ -363,6 +379,7 @@ impl Sink {
         factory: Option<&js_sys::Function>,
         on_message: Closure<dyn FnMut(MessageEvent)>,
         pending: Rc<RefCell<HashMap<u32, SinkJob>>>,
+        spare: Spare,
     ) -> Result<Self, Error> {
         let custom = match factory {
             Some(f) => Some(f.call0(&JsValue::NULL)?).filter(|v| v.is_object()),
@@ -383,6 +400,7 @@ impl Sink {
             worker,
             seq: 0,
             batch: None,
+            spare,
             pending,
             resumable,
             _on_message: on_message,
@@ -434,6 +452,11 @@ impl Sink {
                     .min(w.size.saturating_sub(w.offset))
                     .max(n as u64)
                     .min(u64::from(u32::MAX)) as u32;
+                let reused = self.spare.borrow_mut().pop();
+                let buf = match reused {
+                    Some(b) if b.byte_length() == capacity => Uint8Array::new(&b),
+                    _ => Uint8Array::new_with_length(capacity),
+                };
                 self.batch.insert(WriteBatch {
                     id: w.id,
                     file: w.file,
@@ -441,7 +464,7 @@ impl Sink {
                     name: w.name,
                     size: w.size,
                     offset: w.offset,
-                    buf: Uint8Array::new_with_length(capacity),
+                    buf,
                     len: 0,
                     chunks: Vec::new(),
                 })
@@ -597,6 +620,10 @@ mod tests {
     /// A sink that records what it is sent: `[op, offset, bytes]` per
     /// message, and the bytes of each write.
     fn recording_sink() -> (Sink, js_sys::Array) {
+        recording_sink_with(Rc::default())
+    }
+
+    fn recording_sink_with(spare: Spare) -> (Sink, js_sys::Array) {
         let log = js_sys::Array::new();
         let factory = js_sys::Function::new_with_args(
             "log",
@@ -606,7 +633,14 @@ mod tests {
         .unwrap()
         .unchecked_into::<js_sys::Function>();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|_: MessageEvent| {});
-        let sink = Sink::new("unused.js", Some(&factory), on_message, Rc::default()).unwrap();
+        let sink = Sink::new(
+            "unused.js",
+            Some(&factory),
+            on_message,
+            Rc::default(),
+            spare,
+        )
+        .unwrap();
         (sink, log)
     }
 
@@ -703,5 +737,30 @@ mod tests {
         w.size = 0;
         assert!(!sink.write(w, 16).unwrap());
         assert_eq!(entries(&log), vec![("write".to_string(), 0.0, Vec::new())]);
+    }
+
+    #[wasm_bindgen_test]
+    fn a_buffer_handed_back_is_filled_again() {
+        let spare: Spare = Rc::default();
+        let (mut sink, log) = recording_sink_with(spare.clone());
+        let handed_back = js_sys::ArrayBuffer::new(16);
+        keep_spare(&spare, handed_back.clone());
+        for i in 0..4u8 {
+            sink.write(chunk(u64::from(i), &[i; 4], 40), 16).unwrap();
+        }
+        assert!(spare.borrow().is_empty());
+        let posted: js_sys::Array = log.get(0).unchecked_into();
+        let view: Uint8Array = posted.get(2).unchecked_into();
+        assert!(Object::is(&view.buffer(), &handed_back));
+        assert_eq!(view.to_vec(), [[0u8; 4], [1; 4], [2; 4], [3; 4]].concat());
+        // A buffer of another size is not used, and at most four are kept;
+        // a detached (empty) one never.
+        keep_spare(&spare, js_sys::ArrayBuffer::new(8));
+        sink.write(chunk(4, &[4; 4], 40), 16).unwrap();
+        for _ in 0..6 {
+            keep_spare(&spare, js_sys::ArrayBuffer::new(16));
+        }
+        keep_spare(&spare, js_sys::ArrayBuffer::new(0));
+        assert_eq!(spare.borrow().len(), MAX_SPARE);
     }
 }
