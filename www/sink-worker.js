@@ -34,7 +34,8 @@ async function handle(msg) {
       const h = await open(msg.path);
       const data = new Uint8Array(msg.data);
       // The file gets its final size at the first write rather than growing
-      // write by write (a little cheaper, and a full disk shows at once).
+      // write by write (a little cheaper, and a file that does not fit the
+      // storage quota should fail here rather than near its end).
       if (msg.size > h.getSize()) h.truncate(msg.size);
       let done = 0;
       while (done < data.length) {
