@@ -678,14 +678,7 @@ async fn swap(mib: u64, tuning: Option<String>, rounds: usize) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut ratios: Vec<f64> = pairs.iter().map(|(o, r)| o / r).collect();
     ratios.sort_by(f64::total_cmp);
-    let median = |v: &[f64]| {
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
+    let median = |v: &[f64]| percentile(v, 0.5);
     let mut ours: Vec<f64> = pairs.iter().map(|p| p.0).collect();
     ours.sort_by(f64::total_cmp);
     let mut paired_raw: Vec<f64> = pairs.iter().map(|p| p.1).collect();
@@ -989,7 +982,8 @@ enum Cli {
         #[arg(long)]
         tuning: Option<String>,
         /// Paired rounds after the tuning runs: each is one transfer of ours
-        /// and one raw transfer at the best message size, back to back.
+        /// and one raw transfer at the best message size, back to back. Use an
+        /// odd number: with an even one, the median is the upper middle round.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
